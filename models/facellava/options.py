@@ -1,0 +1,28 @@
+"""`ModelOptions`: which Face-LLaVA checkpoint to load, how, and how to generate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelOptions(BaseModel):
+    """Face-LLaVA loading and generation knobs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(
+        "chaubeyG/FaceLLaVA",
+        description="Checkpoint: hub id, original-format folder, or our converted folder.",
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weight/activation dtype (float32 on CPU is safest)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="auto = flash-attention 2 when installed on CUDA, else SDPA."
+    )
+    hf_offline: bool = Field(False, description="Never touch the network for towers/tokenizer.")
+    max_new_tokens: int = Field(48, ge=1, le=1024, description="Answer length cap (tokens).")
+    max_batch_clips: int = Field(8, ge=1, description="Most clips/images in one tower batch.")

@@ -1,0 +1,34 @@
+"""Shared fixtures: where the test data lives, and the real services the tests start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def testdata_dir() -> Path:
+    """`FACESTREAM_TESTDATA`, else `../shared/testdata` beside the checkout."""
+    return Path(os.environ.get("FACESTREAM_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """The shared test data folder; skips (with the reason) where it is absent."""
+    path = testdata_dir()
+    if not path.is_dir():
+        pytest.skip(f"test data not found at {path} (set FACESTREAM_TESTDATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hamilton_mp4(testdata: Path) -> Path:
+    return testdata / "videos" / "short_hamilton_clip.mp4"
+
+
+@pytest.fixture(scope="session")
+def mnet_weights(testdata: Path) -> Path:
+    return testdata / "weights" / "retinaface_mobilenet0.25_Final.pth"

@@ -1,0 +1,41 @@
+"""`FaceEvent`: the versioned wire format of one result, as written to Redis."""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.facellava.answers import Task, TaskResult
+
+SCHEMA_VERSION = 1
+
+
+def event_id_for(stream_id: str, track_id: int, window_start_s: float, task: str) -> str:
+    """Deterministic id: the same window and task always gives the same id (idempotency)."""
+    key = f"{stream_id}\x1f{track_id}\x1f{window_start_s:.3f}\x1f{task}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class FaceEvent(BaseModel):
+    """One answer about one person in one window of one stream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str = Field(description="sha256(stream, track, window start, task), 32 hex chars.")
+    stream_id: str
+    track_id: int
+    task: Task
+    result: TaskResult | None = Field(
+        description="Parsed answer; null when the answer could not be parsed."
+    )
+    answer_text: str = Field(description="The model's raw answer.")
+    window_start_s: float = Field(description="Stream time of the window start, seconds.")
+    window_end_s: float = Field(description="Stream time of the window end, seconds.")
+    wall_time_s: float = Field(description="Unix time the event was made.")
+    frame_wall_time_s: float = Field(description="Unix time the window's newest frame arrived.")
+    box_xyxy: tuple[float, float, float, float] = Field(description="Face box, frame pixels.")
+    detector_score: float
+    model_id: str
+    worker_id: str

@@ -1,0 +1,96 @@
+"""All operator settings in one place: env `FACESTREAM_*`, nested with `__`.
+
+Each part of the pipeline owns a small options model (ingest, models); this class
+composes them with the worker's own knobs so an operator finds everything here.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.sources import SourceOptions
+from ingest.tracking import TrackerOptions
+from ingest.windows import WindowOptions
+from models.facellava.options import ModelOptions
+from models.retinaface import DetectorOptions
+
+
+class KafkaSettings(BaseModel):
+    """Where stream assignments come from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated brokers.")
+    topic: str = Field("facestream.streams", description="Compacted assignments topic.")
+    dlq_topic: str = Field("facestream.streams.dlq", description="Where bad records go.")
+    group_id: str = Field("facestream-workers", description="Consumer group of the workers.")
+    api_version: str | None = Field(
+        None, description="Broker API version like '0.9' or '3.7'; unset = auto-detect."
+    )
+    session_timeout_ms: int = Field(10000, ge=1000, description="Group session timeout.")
+    heartbeat_interval_ms: int = Field(3000, ge=100, description="Group heartbeat interval.")
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL, ...")
+    sasl_mechanism: str | None = Field(None, description="e.g. PLAIN or SCRAM-SHA-512.")
+    sasl_username: str | None = Field(None, description="SASL user (from a Secret).")
+    sasl_password: str | None = Field(None, description="SASL password (from a Secret).")
+
+
+class RedisSettings(BaseModel):
+    """Where events and status go."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (password from a Secret).")
+    prefix: str = Field("facestream", description="Prefix of every key and channel.")
+    events_maxlen: int = Field(100000, ge=1, description="Approximate cap of the events stream.")
+    person_ttl_s: int = Field(30, ge=1, description="Person hash expires after this idle time.")
+    status_ttl_s: int = Field(86400, ge=1, description="Stream status hash TTL after updates.")
+    buffer_max_events: int = Field(10000, ge=1, description="Events held while Redis is down.")
+    retry_initial_s: float = Field(0.2, gt=0, description="First retry delay when Redis fails.")
+    retry_max_s: float = Field(5.0, gt=0, description="Cap of the retry backoff.")
+
+
+class SchedulerSettings(BaseModel):
+    """Queues between the stages and what happens when they are full."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    detect_queue_frames: int = Field(64, ge=1, description="Frames waiting for detection (all streams).")
+    model_queue_windows: int = Field(64, ge=1, description="Windows waiting for the model.")
+    max_window_age_s: float = Field(30.0, gt=0, description="Older waiting windows are dropped.")
+    batch_wait_ms: int = Field(20, ge=0, description="How long a batch waits to fill.")
+
+
+class HttpSettings(BaseModel):
+    """Health, readiness and metrics endpoints."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Bind address of the HTTP server.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics.")
+
+
+class Settings(BaseSettings):
+    """Every knob of a facestream worker, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    worker_id: str = Field(default_factory=socket.gethostname, description="Name in events.")
+    log_format: Literal["json", "console"] = Field("json", description="Log rendering.")
+    log_level: str = Field("info", description="Minimum log level.")
+    grace_s: float = Field(25.0, gt=0, description="SIGTERM: finish within this many seconds.")
+    source: SourceOptions = Field(default_factory=SourceOptions)
+    detector: DetectorOptions = Field(default_factory=DetectorOptions)
+    tracker: TrackerOptions = Field(default_factory=TrackerOptions)
+    windows: WindowOptions = Field(default_factory=WindowOptions)
+    model: ModelOptions = Field(default_factory=ModelOptions)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)

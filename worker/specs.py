@@ -1,0 +1,52 @@
+"""`StreamSpec`: the versioned wire format of one stream assignment (Kafka value JSON)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.facellava.answers import Task
+
+SCHEMA_VERSION = 1
+
+
+class StreamSpec(BaseModel):
+    """What to watch and what to ask: the value of a `facestream.streams` record.
+
+    Unknown fields are rejected so a typo never silently does nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = Field(SCHEMA_VERSION, description="Wire format version; must be 1.")
+    stream_id: str = Field(
+        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$", description="Stable id."
+    )
+    url: str = Field(min_length=1, max_length=4096, description="rtsp/rtsps/http/https/file URL.")
+    tasks: list[Task] = Field(
+        default_factory=lambda: [Task.EMOTION], min_length=1, description="What to ask per face."
+    )
+    detection_fps: float | None = Field(None, gt=0, le=60, description="Override: detections/s.")
+    window_s: float | None = Field(None, gt=0, le=60, description="Override: clip window length.")
+    stride_s: float | None = Field(None, gt=0, le=60, description="Override: window stride.")
+    max_faces: int | None = Field(None, ge=1, le=100, description="Override: faces tracked.")
+    min_face_px: int | None = Field(None, ge=1, le=4096, description="Override: min face side.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Free caller labels.")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {value} is not supported (this worker reads 1)")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, value: list[Task]) -> list[Task]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("labels")
+    @classmethod
+    def _small_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 64 or any(len(k) > 200 or len(v) > 2000 for k, v in value.items()):
+            raise ValueError("labels: at most 64 entries, keys ≤ 200 and values ≤ 2000 chars")
+        return value
