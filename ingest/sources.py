@@ -1,10 +1,74 @@
-"""Video sources: URL policy, PyAV open/decode, timestamp sampling, reconnects, stalls."""
+"""Video sources: URL policy, PyAV open/decode, timestamp sampling, reconnects, stalls.
+
+Use from one thread per stream::
+
+    source = VideoSource(url, options, stream_id="cam-1", on_state=report)
+    for frame in source.frames():      # sampled `Frame`s, BGR uint8
+        ...
+    # from any thread: source.close()  -> frames() ends promptly
+
+- `VideoSource(...)` checks the URL at once (`UnsupportedURLError`); nothing is opened yet.
+- `frames()` starts a named reader thread (`source-<stream_id>`) that opens the URL with
+  PyAV and explicit FFmpeg options (RTSP over TCP, socket timeouts, protocol and demuxer
+  whitelists), decodes the video with threads and keeps frames at `sample_fps` by their
+  timestamps. Frames reach `frames()` through a bounded queue: a live source drops the
+  oldest frame when the consumer falls behind (counted in `stats.frames_dropped`), a file
+  waits for the consumer.
+- Files end: `frames()` returns at the end (state `done`). A missing, unreadable or
+  corrupt file raises a `SourceError` from `frames()` (state `error`).
+- Live sources (rtsp/rtsps; http(s) without a known duration) never end on their own: a
+  failed open, a dropped connection or a stall (no frame for `stall_timeout_s`) leads to
+  `reconnecting` and a new connection after an exponential backoff with jitter, until
+  `close()`, or until `give_up_after_failures` opens failed in a row (then `frames()`
+  raises the last error).
+- The stall watchdog is PyAV's interrupt callback: every blocking FFmpeg call is bounded
+  (opens by `open_timeout_s`, each read by `min(read_timeout_s, stall_timeout_s)`, plus
+  FFmpeg's socket timeouts), and the reader checks the time since the last decoded frame
+  at every packet. So the reader thread always gets back to check for `close()`; `close()`
+  does not wait for it (the consumer's `frames()` returns within ~0.1 s; `join()` waits).
+  The container is never closed from another thread (that would free it under FFmpeg).
+- `pts_s` is monotonic for the life of the source: after a reconnect it continues from
+  the last frame's value plus the wall time of the outage. A frame without a pts (the
+  first RTSP frame often) gets the previous pts plus one frame interval.
+- State: `state` / `error` attributes and the optional `on_state(state, error_text)`
+  callback (called from the reader or consumer thread; keep it quick). Counters: `stats`.
+- Credentials never appear in logs, errors or state texts (`ingest.urls`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import enum
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
+
+from ingest.frames import Frame
+from ingest.urls import SourceURL, UnsupportedURLError, check_source_url, scrub_secrets
+
+__all__ = [
+    "CorruptSourceError",
+    "SourceError",
+    "SourceNotFoundError",
+    "SourceOpenError",
+    "SourceOptions",
+    "SourceStalledError",
+    "SourceState",
+    "SourceStats",
+    "UnsupportedURLError",
+    "VideoSource",
+]
+
+log = structlog.get_logger(__name__)
+
+_POLL_S = 0.1  # how often waiting threads look at the close flag
 
 
 class SourceOptions(BaseModel):
@@ -22,3 +86,533 @@ class SourceOptions(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the exponential backoff.")
     stall_timeout_s: float = Field(10.0, gt=0, description="No frame for this long = stalled.")
     realtime: bool = Field(False, description="Pace files like a live camera (wall = pts).")
+    queue_frames: int = Field(
+        8, ge=1, description="Sampled frames buffered per stream; live sources drop the oldest."
+    )
+    give_up_after_failures: int = Field(
+        0, ge=0, description="Live sources: fail after this many failed opens in a row (0 = never)."
+    )
+
+    def with_sample_fps(self, sample_fps: float | None) -> SourceOptions:
+        """A copy with a per-stream `sample_fps` (`StreamSpec.detection_fps`); None keeps it."""
+        if sample_fps is None:
+            return self
+        return self.model_copy(update={"sample_fps": float(sample_fps)})
+
+
+class SourceState(enum.StrEnum):
+    """Where a source is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    STALLED = "stalled"
+    DONE = "done"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """Counters of one source (a snapshot), for metrics."""
+
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    frames_dropped: int = 0
+    decode_errors: int = 0
+    reconnects: int = 0  # reconnect attempts (each backoff wait), successful or not
+    stalls: int = 0
+
+
+class SourceError(Exception):
+    """A source could not be opened or read. Messages are redacted and say what to check."""
+
+
+class SourceOpenError(SourceError):
+    """The source could not be opened (network, refused, timeout, auth, no video stream)."""
+
+
+class SourceNotFoundError(SourceOpenError):
+    """The local file or remote resource does not exist."""
+
+
+class CorruptSourceError(SourceError):
+    """The data is not a decodable video (wrong format, truncated, broken)."""
+
+
+class SourceStalledError(SourceError):
+    """A live source delivered no frame for `stall_timeout_s` (it will be reconnected)."""
+
+
+StateCallback = Callable[[SourceState, str | None], None]
+
+
+def _describe_av_error(exc: BaseException, url: SourceURL) -> str:
+    """FFmpeg's reason without the file name it appends (which may carry credentials)."""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return scrub_secrets(str(reason), url.ffmpeg_url)
+
+
+def _classify_open_error(
+    exc: BaseException, url: SourceURL, options: SourceOptions, elapsed_s: float
+) -> SourceError:
+    """Map a PyAV/FFmpeg open failure to our exception with an actionable message."""
+    import av
+
+    reason = _describe_av_error(exc, url)
+    where = url.redacted
+    # The RTSP demuxer reports an interrupted (timed out) open as "invalid data".
+    timed_out = elapsed_s >= 0.95 * options.open_timeout_s
+    if timed_out or isinstance(exc, av.error.ExitError | TimeoutError | av.error.TimeoutError):
+        return SourceOpenError(
+            f"{where}: no answer within {options.open_timeout_s:g} s ({reason}); "
+            "check that the host is reachable"
+        )
+    if isinstance(exc, FileNotFoundError | av.error.HTTPNotFoundError):
+        hint = "check the path" if url.is_file else "check the host path / mount name"
+        return SourceNotFoundError(f"{where}: not found ({reason}); {hint}")
+    if isinstance(exc, av.error.InvalidDataError) and not url.is_file:
+        # FFmpeg's RTSP/HTTP demuxers also say this when the network is unreachable.
+        return SourceOpenError(
+            f"{where}: no usable video stream ({reason}); check that the host is reachable "
+            "and serves H.264/H.265 video at that path"
+        )
+    if isinstance(exc, av.error.InvalidDataError):
+        return CorruptSourceError(
+            f"{where}: not a decodable video ({reason}); the file may be truncated or not media"
+        )
+    if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
+        return SourceOpenError(f"{where}: access denied ({reason}); check the credentials")
+    if isinstance(exc, av.error.ArgumentError):
+        return SourceOpenError(
+            f"{where}: FFmpeg refused the source ({reason}); it may need a protocol or format "
+            "facestream does not allow"
+        )
+    if isinstance(exc, OSError | av.error.FFmpegError):
+        return SourceOpenError(f"{where}: could not open ({reason}); check host, port and path")
+    return SourceOpenError(f"{where}: could not open ({type(exc).__name__}: {reason})")
+
+
+def _ffmpeg_options(url: SourceURL, options: SourceOptions) -> dict[str, str]:
+    """Explicit FFmpeg options for `url` (FFmpeg 8 names; times in microseconds)."""
+    socket_timeout_us = str(int(options.read_timeout_s * 1e6))
+    opts = {
+        "protocol_whitelist": url.protocol_whitelist,
+        "format_whitelist": url.format_whitelist,
+    }
+    if url.scheme in ("rtsp", "rtsps"):
+        # FFmpeg 5+ renamed RTSP's socket timeout `stimeout` to `timeout`.
+        opts |= {"rtsp_transport": options.rtsp_transport, "timeout": socket_timeout_us}
+    elif url.scheme in ("http", "https"):
+        opts |= {"timeout": socket_timeout_us, "rw_timeout": socket_timeout_us}
+    return opts
+
+
+class _Sampler:
+    """Keeps frames on a `1 / fps` grid of stream time; a gap or jump re-anchors the grid."""
+
+    def __init__(self, fps: float) -> None:
+        self.period_s = 1.0 / fps
+        self.next_due_s: float | None = None
+
+    def keep(self, pts_s: float) -> bool:
+        tolerance_s = 1e-3
+        if self.next_due_s is None or pts_s + tolerance_s < self.next_due_s - self.period_s:
+            self.next_due_s = pts_s + self.period_s
+            return True
+        if pts_s + tolerance_s < self.next_due_s:
+            return False
+        self.next_due_s += self.period_s
+        if self.next_due_s <= pts_s:
+            self.next_due_s = pts_s + self.period_s
+        return True
+
+
+class _Timeline:
+    """Turns per-connection pts (maybe None, maybe restarting) into one monotonic stream time."""
+
+    def __init__(self) -> None:
+        self.last_pts_s: float | None = None
+        self.last_mono_s = 0.0
+        self.offset_s = 0.0
+        self.last_raw_s: float | None = None
+        self.new_connection = False
+
+    def reconnected(self) -> None:
+        self.new_connection = True
+        self.last_raw_s = None
+
+    def pts_s(self, raw_s: float | None, frame_interval_s: float) -> float:
+        now = time.monotonic()
+        if raw_s is None:
+            raw_s = self.last_raw_s + frame_interval_s if self.last_raw_s is not None else 0.0
+        if self.last_pts_s is not None:
+            if self.new_connection:
+                gap_s = max(now - self.last_mono_s, frame_interval_s)
+                self.offset_s = self.last_pts_s + gap_s - raw_s
+            elif raw_s + self.offset_s <= self.last_pts_s:
+                # Timestamps jumped back inside one connection: continue one frame later.
+                self.offset_s = self.last_pts_s + frame_interval_s - raw_s
+        self.new_connection = False
+        self.last_raw_s = raw_s
+        self.last_mono_s = now
+        self.last_pts_s = raw_s + self.offset_s
+        return self.last_pts_s
+
+
+class _End:
+    """Queue marker: the reader finished (error None) or failed."""
+
+    def __init__(self, error: SourceError | None) -> None:
+        self.error = error
+
+
+class _StopRequestedError(Exception):
+    """Internal: close() was called."""
+
+
+class _ConnectionLostError(Exception):
+    """Internal: a live connection ended or stalled; reconnect."""
+
+    def __init__(self, reason: str, delivered: bool, stalled: bool = False) -> None:
+        super().__init__(reason)
+        self.delivered = delivered
+        self.stalled = stalled
+
+
+class VideoSource:
+    """Frames of one video stream, sampled by timestamp, with reconnects (see module doc)."""
+
+    def __init__(
+        self,
+        url: str,
+        options: SourceOptions | None = None,
+        stream_id: str = "source",
+        on_state: StateCallback | None = None,
+    ) -> None:
+        self.options = options or SourceOptions()
+        self.url: SourceURL = check_source_url(url, allow_file=self.options.allow_file)
+        self.stream_id = stream_id
+        self._on_state = on_state
+        self._log = log.bind(stream_id=stream_id, url=self.url.redacted)
+        self._state = SourceState.STARTING
+        self._error: str | None = None
+        self._state_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._queue: queue.Queue[Frame | _End] = queue.Queue(maxsize=self.options.queue_frames)
+        self._thread: threading.Thread | None = None
+        self._counts = dict.fromkeys(SourceStats.__dataclass_fields__, 0)
+        self._timeline = _Timeline()
+        self._sampler = _Sampler(self.options.sample_fps)
+        self._drop_oldest = self.url.is_live  # queue policy; http(s) decides once open
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SourceState:
+        """The current state."""
+        return self._state
+
+    @property
+    def error(self) -> str | None:
+        """Text of the last error (redacted), kept while reconnecting; None when healthy."""
+        return self._error
+
+    @property
+    def stats(self) -> SourceStats:
+        """A snapshot of the counters."""
+        return SourceStats(**self._counts)
+
+    @property
+    def is_live(self) -> bool:
+        """True for rtsp/rtsps. (An http(s) source is treated as live once open if FFmpeg
+        reports no duration, e.g. live HLS.)"""
+        return self.url.is_live
+
+    def frames(self) -> Iterator[Frame]:
+        """Sampled frames until the end (files), or until `close()`; raises `SourceError`."""
+        if self._thread is not None:
+            raise RuntimeError("VideoSource.frames() can be iterated only once")
+        self._thread = threading.Thread(
+            target=self._read_loop, name=f"source-{self.stream_id}", daemon=True
+        )
+        self._thread.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._queue.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the source from any thread; `frames()` returns promptly. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._state not in (SourceState.DONE, SourceState.ERROR):
+            self._set_state(SourceState.DONE)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the reader thread to finish (after close/end); True when it has."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    @property
+    def _read_timeout_s(self) -> float:
+        """PyAV's per-read limit: a read blocked this long counts as a stall."""
+        return min(self.options.read_timeout_s, self.options.stall_timeout_s)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _set_state(self, state: SourceState, error: str | None = None) -> None:
+        with self._state_lock:
+            if self._state in (SourceState.DONE, SourceState.ERROR):
+                return  # final states stay
+            changed = state != self._state or error != self._error
+            self._state, self._error = state, error
+        if not changed:
+            return
+        self._log.info("source.state", state=state.value, error=error)
+        if self._on_state is not None:
+            try:
+                self._on_state(state, error)
+            except Exception:
+                self._log.exception("source.state_callback_failed")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self._counts[name] += n
+
+    # -- reader thread ----------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        failures = 0  # connections in a row that delivered nothing
+        attempt = 0  # backoff exponent
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._run_connection()
+                except _ConnectionLostError as lost:
+                    if lost.stalled:
+                        self._count("stalls")
+                        self._set_state(SourceState.STALLED, str(lost))
+                    if lost.delivered:
+                        failures = attempt = 0
+                    else:
+                        failures += 1
+                        self._check_give_up(failures, SourceOpenError(f"{self.url}: {lost}"))
+                    self._reconnect_wait(str(lost), attempt)
+                    attempt += 1
+                    continue
+                except SourceError as exc:
+                    if not self.url.is_live:
+                        raise
+                    failures += 1
+                    self._check_give_up(failures, exc)
+                    self._reconnect_wait(str(exc), attempt)
+                    attempt += 1
+                    continue
+                if self._stop.is_set():
+                    break
+                # A finite source reached its end.
+                self._set_state(SourceState.DONE)
+                self._put_final(_End(None))
+                return
+        except _StopRequestedError:
+            pass
+        except SourceError as exc:
+            self._set_state(SourceState.ERROR, str(exc))
+            self._log.warning("source.failed", error=str(exc), error_type=type(exc).__name__)
+            self._put_final(_End(exc))
+            return
+        except Exception as exc:  # a bug or an unexpected library error: report, never hang
+            error = SourceError(
+                f"{self.url.redacted}: unexpected {type(exc).__name__}: "
+                f"{scrub_secrets(str(exc), self.url.ffmpeg_url)}"
+            )
+            self._set_state(SourceState.ERROR, str(error))
+            self._log.error("source.crashed", error=str(error))
+            self._put_final(_End(error))
+            return
+        self._put_final(_End(None))
+
+    def _check_give_up(self, failures: int, error: SourceError) -> None:
+        limit = self.options.give_up_after_failures
+        if limit and failures >= limit:
+            raise error
+
+    def _reconnect_wait(self, reason: str, attempt: int) -> None:
+        """Report `reconnecting` and wait the backoff delay (interruptible by close)."""
+        self._count("reconnects")
+        base_s = min(
+            self.options.reconnect_max_s, self.options.reconnect_initial_s * (2.0**attempt)
+        )
+        delay_s = base_s * random.uniform(0.5, 1.0)
+        self._set_state(SourceState.RECONNECTING, reason)
+        self._log.info("source.reconnect_wait", delay_s=round(delay_s, 3), attempt=attempt + 1)
+        if self._stop.wait(delay_s):
+            raise _StopRequestedError
+
+    def _put_final(self, item: _End) -> None:
+        """Queue the end marker behind the frames; once closed, make room instead of waiting."""
+        while True:
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    with contextlib.suppress(queue.Empty):
+                        self._queue.get_nowait()
+
+    def _deliver(self, frame: Frame) -> None:
+        if self._drop_oldest:
+            while True:
+                try:
+                    self._queue.put_nowait(frame)
+                    return
+                except queue.Full:
+                    try:
+                        self._queue.get_nowait()
+                        self._count("frames_dropped")
+                    except queue.Empty:
+                        pass
+        while not self._stop.is_set():
+            try:
+                self._queue.put(frame, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+        raise _StopRequestedError
+
+    def _open(self) -> Any:
+        import av
+
+        started = time.monotonic()
+        try:
+            return av.open(
+                self.url.ffmpeg_url,
+                mode="r",
+                options=_ffmpeg_options(self.url, self.options),
+                timeout=(self.options.open_timeout_s, self._read_timeout_s),
+            )
+        except Exception as exc:
+            elapsed_s = time.monotonic() - started
+            raise _classify_open_error(exc, self.url, self.options, elapsed_s) from None
+
+    def _run_connection(self) -> bool:
+        """Open, decode and deliver until the end. Returns whether any frame was delivered.
+
+        Raises `SourceError` (open failed / corrupt), `_ConnectionLostError` (live: ended or
+        stalled after delivering), `_StopRequestedError` (closed).
+        """
+        import av
+
+        container = self._open()
+        delivered = False
+        try:
+            if self._stop.is_set():
+                raise _StopRequestedError
+            if not container.streams.video:
+                raise CorruptSourceError(f"{self.url.redacted}: has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = self.options.decode_threads
+            rate = stream.average_rate or stream.guessed_rate or 25
+            frame_interval_s = 1.0 / float(rate)
+            finite = not self.url.is_live and not (
+                self.url.scheme in ("http", "https") and container.duration is None
+            )
+            sampler = self._sampler
+            self._drop_oldest = not finite
+            self._timeline.reconnected()
+            started_mono = time.monotonic()
+            last_frame_mono = started_mono
+            first_pts_s: float | None = None
+            try:
+                for packet in container.demux(stream):
+                    if self._stop.is_set():
+                        raise _StopRequestedError
+                    now = time.monotonic()
+                    if not finite and now - last_frame_mono > self.options.stall_timeout_s:
+                        raise _ConnectionLostError(
+                            f"no frame for {self.options.stall_timeout_s:g} s",
+                            delivered,
+                            stalled=True,
+                        )
+                    try:
+                        decoded = packet.decode()
+                    except av.error.InvalidDataError:
+                        self._count("decode_errors")
+                        continue
+                    for av_frame in decoded:
+                        last_frame_mono = time.monotonic()
+                        index = self._counts["frames_decoded"]
+                        self._count("frames_decoded")
+                        raw_s = (
+                            float(av_frame.pts * av_frame.time_base)
+                            if av_frame.pts is not None and av_frame.time_base is not None
+                            else None
+                        )
+                        pts_s = self._timeline.pts_s(raw_s, frame_interval_s)
+                        if not sampler.keep(pts_s):
+                            continue
+                        if first_pts_s is None:
+                            first_pts_s = pts_s
+                        if self.options.realtime and finite:
+                            due_s = started_mono + (pts_s - first_pts_s) - time.monotonic()
+                            if due_s > 0 and self._stop.wait(due_s):
+                                raise _StopRequestedError
+                        frame = Frame(
+                            index=index,
+                            pts_s=pts_s,
+                            wall_time_s=time.time(),
+                            image_bgr=av_frame.to_ndarray(format="bgr24"),
+                        )
+                        self._count("frames_sampled")
+                        delivered = True
+                        self._set_state(SourceState.RUNNING)
+                        self._deliver(frame)
+            except (_StopRequestedError, _ConnectionLostError, SourceError):
+                raise
+            except (av.error.ExitError, TimeoutError, av.error.TimeoutError) as exc:
+                if finite:
+                    raise CorruptSourceError(
+                        f"{self.url.redacted}: read timed out ({_describe_av_error(exc, self.url)})"
+                    ) from None
+                raise _ConnectionLostError(
+                    f"no data for {self._read_timeout_s:g} s",
+                    delivered,
+                    stalled=True,
+                ) from None
+            except (av.error.FFmpegError, OSError) as exc:
+                reason = _describe_av_error(exc, self.url)
+                if finite:
+                    raise CorruptSourceError(
+                        f"{self.url.redacted}: read failed ({reason})"
+                    ) from None
+                raise _ConnectionLostError(f"connection lost ({reason})", delivered) from None
+            if self._stop.is_set():
+                raise _StopRequestedError
+            if not finite:
+                if time.monotonic() - last_frame_mono >= 0.95 * self._read_timeout_s:
+                    # Some demuxers (RTSP) report an interrupted read as the end of stream.
+                    raise _ConnectionLostError(
+                        f"no data for {self._read_timeout_s:g} s", delivered, stalled=True
+                    )
+                raise _ConnectionLostError(
+                    "the stream ended" if delivered else "no frames", delivered
+                )
+            if self._counts["frames_decoded"] == 0:
+                raise CorruptSourceError(
+                    f"{self.url.redacted}: no decodable video frames; the file may be truncated"
+                )
+            return delivered
+        finally:
+            container.close()

@@ -1,0 +1,234 @@
+"""URL policy: which sources reach FFmpeg, the whitelists FFmpeg gets, and redaction."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from ingest.sources import CorruptSourceError, SourceError, SourceOptions, VideoSource
+from ingest.urls import (
+    PROTOCOL_WHITELISTS,
+    UnsupportedURLError,
+    check_source_url,
+    redact_url,
+    scrub_secrets,
+)
+from tests.services.rtsp import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rtsp://admin:hunter2@cam.local:554/live?x=1", "rtsp://***@cam.local:554/live?x=1"),
+        ("rtsp://admin@cam.local/live", "rtsp://***@cam.local/live"),
+        ("https://cdn.example/a.m3u8?token=abc123&q=2", "https://cdn.example/a.m3u8?token=***&q=2"),
+        ("http://h/x?api_key=s3cr3t", "http://h/x?api_key=***"),
+        ("rtsp://cam.local/live", "rtsp://cam.local/live"),
+        ("/videos/a.mp4", "/videos/a.mp4"),
+    ],
+)
+def test_redact_url_removes_credentials_and_tokens(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_redact_url_handles_unparseable_urls_without_leaking() -> None:
+    redacted = redact_url("rtsp://user:pa ss?#@[::1:554/x")
+    assert "pa ss" not in redacted and "pa?ss" not in redacted and "user" not in redacted
+
+
+def test_scrub_secrets_removes_url_and_decoded_password_from_text() -> None:
+    url = "rtsp://bob:p%40ss%3Aw0rd@cam/x?token=tok123"
+    text = f"Connection refused: '{url}' (user bob, password p@ss:w0rd, token tok123)"
+    scrubbed = scrub_secrets(text, url)
+    for secret in ("p%40ss%3Aw0rd", "p@ss:w0rd", "tok123", "bob:"):
+        assert secret not in scrubbed
+    assert "rtsp://***@cam/x" in scrubbed
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme", "is_live"),
+    [
+        ("rtsp://cam.local:554/live", "rtsp", True),
+        ("RTSPS://cam.local/live", "rtsps", True),
+        ("http://cdn.example/live.m3u8", "http", False),
+        ("https://cdn.example/vod.mp4", "https", False),
+    ],
+)
+def test_network_urls_are_accepted_with_their_whitelist(
+    url: str, scheme: str, is_live: bool
+) -> None:
+    source = check_source_url(url, allow_file=False)
+    assert source.scheme == scheme
+    assert source.is_live is is_live
+    assert source.protocol_whitelist == PROTOCOL_WHITELISTS[scheme]
+    assert "file" not in source.protocol_whitelist.split(",")
+    assert source.ffmpeg_url.lower() == url.lower()
+
+
+def test_source_url_repr_and_str_hide_credentials() -> None:
+    source = check_source_url("rtsp://u:topsecret@cam/x", allow_file=False)
+    assert "topsecret" not in repr(source) and "topsecret" not in str(source)
+    assert source.ffmpeg_url == "rtsp://u:topsecret@cam/x"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "concat:/etc/passwd|/etc/hosts",
+        "subfile,,start,0,end,100,,:/etc/passwd",
+        "data:video/mp4;base64,AAAA",
+        "pipe:0",
+        "tcp://127.0.0.1:9/x",
+        "udp://127.0.0.1:9",
+        "rtmp://host/app",
+        "ftp://host/a.mp4",
+        "gopher://host/x",
+        "crypto+file:///etc/passwd",
+        "hls+http://host/a.m3u8",
+        "",
+        "rtsp://",
+        "rtsp:///path-without-host",
+        "http://:80/x",
+        "rtsp://cam/live x",
+        "rtsp://cam/live\n",
+        "rtsp://cam/\x00live",
+        " rtsp://cam/live",
+        "rtsp://cam:notaport/live",
+    ],
+)
+def test_refused_urls_raise_unsupported_url_error(url: str) -> None:
+    with pytest.raises(UnsupportedURLError, match="allowed: rtsp://"):
+        check_source_url(url, allow_file=True)
+
+
+def test_refusal_message_is_redacted() -> None:
+    with pytest.raises(UnsupportedURLError) as caught:
+        check_source_url("rtmp://admin:s3cr3t@cam/live", allow_file=False)
+    assert "s3cr3t" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["/videos/a.mp4", "file:///videos/a.mp4", "clip.mp4"])
+def test_local_files_are_refused_unless_allowed(url: str) -> None:
+    with pytest.raises(UnsupportedURLError, match="local files are not allowed"):
+        check_source_url(url, allow_file=False)
+    source = check_source_url(url, allow_file=True)
+    assert source.scheme == "file" and not source.is_live
+    assert source.ffmpeg_url.startswith("file:/")
+    assert source.protocol_whitelist == "file"
+
+
+@pytest.mark.parametrize(
+    "url", ["/tmp/list.m3u8", "file:///tmp/list.M3U", "/tmp/x.ffconcat", "/tmp/s.sdp"]
+)
+def test_local_playlists_are_refused_even_when_files_are_allowed(url: str) -> None:
+    with pytest.raises(UnsupportedURLError, match="playlists"):
+        check_source_url(url, allow_file=True)
+
+
+def test_file_url_with_a_remote_host_is_refused() -> None:
+    with pytest.raises(UnsupportedURLError, match="file:///"):
+        check_source_url("file://otherhost/etc/passwd", allow_file=True)
+
+
+# -- the whitelists against a real FFmpeg --------------------------------------------------
+
+
+def _write_ts_segment(path: Path, frames: int = 10) -> None:
+    """A tiny H.264 MPEG-TS segment (64x64 grey frames)."""
+    with av.open(str(path), mode="w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, 10)
+        for i in range(frames):
+            image = np.full((64, 64, 3), 40 + 10 * i, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _playlist(entry: str) -> str:
+    return (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:1.0,\n{entry}\n#EXT-X-ENDLIST\n"
+    )
+
+
+@pytest.fixture
+def hls_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder with an H.264 segment, served over HTTP on 127.0.0.1; yields (folder, base URL)."""
+    _write_ts_segment(tmp_path / "seg0.ts")
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+_FAST = SourceOptions(open_timeout_s=5, read_timeout_s=5, give_up_after_failures=1)
+
+
+def test_hls_over_http_decodes_with_the_http_whitelist(hls_dir: tuple[Path, str]) -> None:
+    folder, base = hls_dir
+    (folder / "ok.m3u8").write_text(_playlist("seg0.ts"))
+    frames = list(VideoSource(f"{base}/ok.m3u8", _FAST).frames())
+    assert len(frames) >= 2
+
+
+def test_http_playlist_cannot_make_ffmpeg_read_local_files(hls_dir: tuple[Path, str]) -> None:
+    folder, base = hls_dir
+    (folder / "evil.m3u8").write_text(_playlist(f"file://{folder / 'seg0.ts'}"))
+    source = VideoSource(f"{base}/evil.m3u8", _FAST)
+    delivered: list[object] = []
+    with pytest.raises(SourceError):
+        delivered.extend(source.frames())
+    assert delivered == []
+
+
+def test_local_file_with_playlist_content_is_not_followed(tmp_path: Path) -> None:
+    _write_ts_segment(tmp_path / "seg0.ts")
+    disguised = tmp_path / "clip.mp4"
+    disguised.write_text(_playlist(f"file://{tmp_path / 'seg0.ts'}"))
+    source = VideoSource(str(disguised), SourceOptions(allow_file=True))
+    with pytest.raises(CorruptSourceError):
+        list(source.frames())
+
+
+def test_local_mpegts_file_decodes_with_the_file_whitelist(tmp_path: Path) -> None:
+    _write_ts_segment(tmp_path / "seg0.ts")
+    frames = list(VideoSource(str(tmp_path / "seg0.ts"), SourceOptions(allow_file=True)).frames())
+    assert len(frames) >= 2
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "rtsps", "http", "https"])
+def test_each_network_whitelist_lets_ffmpeg_reach_the_network(scheme: str) -> None:
+    # A closed port: refused means the whitelist let FFmpeg connect; a missing protocol
+    # would fail earlier with "Invalid argument".
+    url = check_source_url(f"{scheme}://127.0.0.1:{free_port()}/x", allow_file=False)
+    options = {
+        "protocol_whitelist": url.protocol_whitelist,
+        "format_whitelist": url.format_whitelist,
+    }
+    with pytest.raises(ConnectionRefusedError):
+        av.open(url.ffmpeg_url, options=options, timeout=5)
+    crippled = {**options, "protocol_whitelist": "tcp" if scheme != "rtsp" else "udp"}
+    with pytest.raises(av.error.ArgumentError):
+        av.open(url.ffmpeg_url, options=crippled, timeout=5)
