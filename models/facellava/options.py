@@ -24,5 +24,16 @@ class ModelOptions(BaseModel):
         "auto", description="auto = flash-attention 2 when installed on CUDA, else SDPA."
     )
     hf_offline: bool = Field(False, description="Never touch the network for towers/tokenizer.")
+    hf_cache_dir: str | None = Field(
+        None, description="Hugging Face hub cache folder (None = HF_HUB_CACHE / the default)."
+    )
+    tower_weights: Literal["auto", "tower_repo", "checkpoint"] = Field(
+        "auto",
+        description=(
+            "Original checkpoints: tower weights from the tower repos named in config.json "
+            "(tower_repo), from the tower copies inside the checkpoint (checkpoint), or repos "
+            "when they hold weights, else copies (auto)."
+        ),
+    )
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Answer length cap (tokens).")
     max_batch_clips: int = Field(8, ge=1, description="Most clips/images in one tower batch.")

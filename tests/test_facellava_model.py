@@ -1,0 +1,193 @@
+"""Face-LLaVA model and checkpoint loading, on the tiny checkpoint saved by the authors' code."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from structlog.testing import capture_logs
+
+from models.facellava.checkpoint import (
+    CheckpointNotFoundError,
+    LoadedModel,
+    MissingWeightsError,
+    convert_checkpoint,
+    load_model,
+)
+from models.facellava.modeling import IMAGE_TOKEN_INDEX, FaceLlava
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def tiny(testdata: Path) -> Path:
+    path = testdata / "facellava-tiny"
+    if not path.is_dir():
+        pytest.skip(f"Face-LLaVA tiny fixture not found at {path}")
+    return path
+
+
+def _load(tiny: Path, **kwargs) -> LoadedModel:
+    options = {"dtype": torch.float32, "cache_dir": tiny / "hf_cache", "offline": True}
+    options.update(kwargs)
+    return load_model(tiny / "checkpoint", **options)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny: Path) -> LoadedModel:
+    return _load(tiny)
+
+
+def _ref(tiny: Path, name: str) -> torch.Tensor:
+    return torch.load(tiny / "reference" / f"{name}.pt", weights_only=True)
+
+
+def _logits(model: FaceLlava, tiny: Path) -> torch.Tensor:
+    with torch.no_grad():
+        return model(_ref(tiny, "video_input_ids"), videos=_ref(tiny, "video_pixel_values"))
+
+
+def test_video_logits_match_the_authors_outputs(loaded: LoadedModel, tiny: Path) -> None:
+    diff = (_logits(loaded.model, tiny) - _ref(tiny, "video_logits")).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_dropping_the_temporal_blocks_changes_video_features(tiny: Path) -> None:
+    model = _load(tiny).model
+    pixels = _ref(tiny, "video_pixel_values")
+    with torch.no_grad():
+        with_temporal = model.video_tower_features(pixels)
+        for layer in model.video_tower.vision_model.encoder.layers:
+            layer.temporal_embedding.zero_()
+            layer.temporal_attn.out_proj.weight.zero_()
+            layer.temporal_attn.out_proj.bias.zero_()
+        without_temporal = model.video_tower_features(pixels)
+    assert (with_temporal - _ref(tiny, "video_tower_features")).abs().max() < 1e-4
+    assert (with_temporal - without_temporal).abs().max() > 1e-2
+
+
+def test_a_frame_features_depend_on_the_other_frames(loaded: LoadedModel, tiny: Path) -> None:
+    pixels = _ref(tiny, "video_pixel_values")
+    changed = pixels.clone()
+    changed[:, :, 5] = torch.flip(changed[:, :, 5], dims=[-1])
+    with torch.no_grad():
+        before = loaded.model.video_tower_features(pixels)[0, 0]
+        after = loaded.model.video_tower_features(changed)[0, 0]
+    assert (before - after).abs().max() > 1e-3
+
+
+def test_batched_videos_equal_one_at_a_time(loaded: LoadedModel, tiny: Path) -> None:
+    first = _ref(tiny, "video_pixel_values")
+    second = torch.roll(first, shifts=3, dims=2)
+    with torch.no_grad():
+        batched = loaded.model.encode_videos(torch.cat([first, second]))
+        alone = loaded.model.encode_videos(second)
+    assert batched.shape == (2, 8, 17, 64)
+    assert (batched[1] - alone[0]).abs().max() < 1e-5
+
+
+def test_towers_are_built_only_up_to_the_selected_layer(loaded: LoadedModel) -> None:
+    for tower in (loaded.model.image_tower, loaded.model.video_tower):
+        assert tower.num_layers == 2
+        assert len(tower.vision_model.encoder.layers) == 2
+        assert not hasattr(tower.vision_model, "post_layernorm")
+    assert loaded.model.image_tower_features(torch.zeros(1, 3, 32, 32)).shape == (1, 16, 32)
+
+
+def test_unused_checkpoint_keys_are_reported_and_logged(tiny: Path) -> None:
+    with capture_logs() as logs:
+        report = _load(tiny).report
+    unused = set(report.unused_checkpoint_keys)
+    landmark_keys = {
+        line.split("\t")[0]
+        for line in (tiny / "checkpoint_keys.txt").read_text().splitlines()
+        if "landmark" in line
+    }
+    assert landmark_keys and landmark_keys <= unused
+    assert "model.layers.0.self_attn.rotary_emb.inv_freq" in unused
+    assert "vision_model.post_layernorm.weight" in report.unused_tower_keys["video_tower"]
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert warnings and warnings[0]["count"] == len(unused)
+
+
+def test_tower_copies_inside_the_checkpoint_give_the_same_model(
+    loaded: LoadedModel, tiny: Path
+) -> None:
+    from_copies = _load(tiny, tower_weights="checkpoint")
+    assert "checkpoint copy" in from_copies.report.tower_weights["video_tower"]
+    copies_unused = [k for k in from_copies.report.unused_checkpoint_keys if "_tower." in k]
+    # Only what never runs stays unused: the last encoder layer and the post-LayerNorm.
+    assert copies_unused and all(
+        ".encoder.layers.2." in k or ".post_layernorm." in k for k in copies_unused
+    )
+    assert torch.equal(_logits(from_copies.model, tiny), _logits(loaded.model, tiny))
+
+
+def test_missing_tower_in_offline_cache_is_a_clear_error(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointNotFoundError, match="LanguageBind"):
+        _load(tiny, cache_dir=tmp_path)
+
+
+def test_missing_checkpoint_tensor_is_an_error(tiny: Path, tmp_path: Path) -> None:
+    state = torch.load(tiny / "checkpoint" / "pytorch_model.bin", weights_only=True)
+    del state["model.mm_projector.2.weight"]
+    broken = tmp_path / "checkpoint"
+    shutil.copytree(tiny / "checkpoint", broken, ignore=shutil.ignore_patterns("*.bin"))
+    torch.save(state, broken / "pytorch_model.bin")
+    with pytest.raises(MissingWeightsError, match=r"mm_projector\.2\.weight"):
+        load_model(broken, dtype=torch.float32, cache_dir=tiny / "hf_cache", offline=True)
+
+
+def test_converted_checkpoint_gives_identical_logits(
+    loaded: LoadedModel, tiny: Path, tmp_path: Path
+) -> None:
+    destination = tmp_path / "converted"
+    convert_checkpoint(
+        tiny / "checkpoint", destination, dtype="float32", cache_dir=tiny / "hf_cache", offline=True
+    )
+    converted = load_model(destination, dtype=torch.float32)
+    assert converted.report.format == "facestream"
+    assert converted.report.unused_checkpoint_keys == ()
+    assert torch.equal(_logits(converted.model, tiny), _logits(loaded.model, tiny))
+    assert converted.tokenizer.encode_prompt("USER: <image>") == loaded.tokenizer.encode_prompt(
+        "USER: <image>"
+    )
+
+
+def test_bfloat16_load_runs_close_to_float32(loaded: LoadedModel, tiny: Path) -> None:
+    half = _load(tiny, dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16
+    logits = _logits(half.model, tiny)
+    assert logits.dtype == torch.bfloat16
+    reference = _ref(tiny, "video_logits")
+    assert (logits.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_splice_puts_frame_k_at_the_kth_sentinel(loaded: LoadedModel) -> None:
+    ids = torch.tensor([1, 5, IMAGE_TOKEN_INDEX, 6, IMAGE_TOKEN_INDEX, 7])
+    visual = torch.arange(2 * 3 * 64, dtype=torch.float32).view(2, 3, 64)
+    embeds = loaded.model.splice_visual_features(ids, visual)
+    assert embeds.shape == (4 + 2 * 3, 64)
+    assert torch.equal(embeds[2:5], visual[0])
+    assert torch.equal(embeds[6:9], visual[1])
+    assert torch.equal(embeds[5], loaded.model.embed_tokens(torch.tensor(6)))
+    with pytest.raises(ValueError, match="sentinels"):
+        loaded.model.splice_visual_features(ids, visual[:1])
+
+
+def test_left_padded_batch_gives_the_same_last_logits(loaded: LoadedModel, tiny: Path) -> None:
+    model = loaded.model
+    ids = _ref(tiny, "image_input_ids")[0]
+    with torch.no_grad():
+        visual = model.encode_images(_ref(tiny, "image_pixel_values"))
+        long = model.splice_visual_features(ids, visual)
+        short = long[:-5]
+        embeds, mask, positions = model.pad_embeddings([long, short], padding_side="left")
+        batched = model.lm_forward(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        ).logits[:, -1]
+        alone = model.lm_forward(inputs_embeds=short[None], use_cache=False).logits[0, -1]
+    assert (batched[0] - _ref(tiny, "image_logits")[0, -1]).abs().max() < 1e-4
+    assert (batched[1] - alone).abs().max() < 1e-4
