@@ -1,7 +1,123 @@
-"""PLACEHOLDER: `tail` command, being written now."""
+"""`facestream tail`: follow the events stream in Redis, one line per event."""
+
+from __future__ import annotations
 
 import argparse
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from worker.commands.status import EXIT_REDIS_UNREACHABLE, add_redis_arguments
+
+if TYPE_CHECKING:
+    import redis
+
+    from worker.events import FaceEvent
+
+BLOCK_MS = 1000  # one XREAD waits at most this long, so Ctrl-C and --count stay responsive
+READ_COUNT = 100
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("tail", help="(not written yet)")
+    """Add the `tail` sub-command."""
+    parser = sub.add_parser(
+        "tail",
+        help="follow face events in Redis",
+        description="Follow the events stream (XREAD BLOCK); new events only unless --from-start.",
+    )
+    add_redis_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print each event's raw JSON")
+    parser.add_argument(
+        "--from-start", action="store_true", help="begin with the oldest event still kept"
+    )
+    parser.add_argument("--count", type=int, metavar="N", help="exit after N events")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print events as they arrive until Ctrl-C (or --count events)."""
+    import redis
+
+    from ingest.urls import redact_url
+    from worker.redis_keys import RedisKeys
+    from worker.settings import Settings
+
+    settings = Settings().redis
+    url = args.redis_url or settings.url
+    key = RedisKeys(args.prefix or settings.prefix).events
+    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+    printed = 0
+    try:
+        last_id = "0-0" if args.from_start else _newest_id(client, key)
+        print(f"following {key} after {last_id} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        while args.count is None or printed < args.count:
+            replies = client.xread({key: last_id}, count=READ_COUNT, block=BLOCK_MS)
+            for _stream, entries in replies or ():
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    print(fields["event"] if args.json else format_event_line(fields), flush=True)
+                    printed += 1
+                    if args.count is not None and printed >= args.count:
+                        return 0
+    except redis.ConnectionError as exc:
+        print(
+            f"cannot reach Redis at {redact_url(url)}: {exc} "
+            "(set --redis-url or FACESTREAM_REDIS__URL)",
+            file=sys.stderr,
+        )
+        return EXIT_REDIS_UNREACHABLE
+    finally:
+        client.close()
+    return 0
+
+
+def _newest_id(client: redis.Redis, key: str) -> str:
+    """The id of the newest entry, so only later events are shown ("0-0" when empty)."""
+    newest = client.xrevrange(key, count=1)
+    return newest[0][0] if newest else "0-0"
+
+
+def format_event_line(fields: dict[str, str]) -> str:
+    """`time stream track task: result [window] worker` for one stream entry."""
+    from pydantic import ValidationError
+
+    from worker.events import FaceEvent
+
+    try:
+        event = FaceEvent.model_validate_json(fields["event"])
+    except ValidationError:  # written by another schema version: show what we can
+        return (
+            f"{fields.get('stream_id', '?')} track {fields.get('track_id', '?')} "
+            f"{fields.get('task', '?')}: (unreadable event) {fields['event'][:120]}"
+        )
+    clock = time.strftime("%H:%M:%S", time.localtime(event.wall_time_s))
+    return (
+        f"{clock} {event.stream_id} track {event.track_id} {event.task}: {summarize(event)}"
+        f"  [{event.window_start_s:.1f}-{event.window_end_s:.1f}s] {event.worker_id}"
+    )
+
+
+def summarize(event: FaceEvent) -> str:
+    """The result in a few words: a label, an age, attribute or AU names."""
+    from models.facellava.answers import (
+        ActionUnitsResult,
+        AgeResult,
+        AttributesResult,
+        EmotionResult,
+    )
+
+    result = event.result
+    if isinstance(result, EmotionResult):
+        return result.label
+    if isinstance(result, AgeResult):
+        if result.range_years is None:
+            return f"{result.years:g} years"
+        low, high = result.range_years
+        return f"{result.years:g} years ({low:g}-{high:g})"
+    if isinstance(result, AttributesResult):
+        signed = [f"+{name}" for name in result.present] + [f"-{name}" for name in result.absent]
+        return " ".join(signed) or "(no attributes)"
+    if isinstance(result, ActionUnitsResult):
+        return ", ".join(f"AU{u.number} {u.name}" for u in result.units) or "(no action units)"
+    text = " ".join(event.answer_text.split())
+    return f"(unparsed) {text[:80]}"

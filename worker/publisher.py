@@ -1,0 +1,396 @@
+"""Redis output: `FaceEvent`s to a stream, a live channel and per-person hashes; stream status.
+
+`EventPublisher` owns one background thread. The pipeline calls `publish()` and
+`update_status()`, which only append to bounded in-memory buffers and never block or
+raise; the thread writes them to Redis in pipelines. While Redis is unreachable the
+thread retries with exponential backoff, the event buffer keeps the newest
+`buffer_max_events` (drop-oldest, drops counted) and statuses keep the latest per stream.
+
+Each event goes through one Lua script that first claims `{p}:seen:{event_id}` with
+`SET NX EX`; only the caller that claims it writes the stream entry, the pub/sub message
+and the person hash. So a window redone after a failover, or the same event published
+by two workers at once, shows up exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+
+import redis
+import structlog
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from ingest.urls import redact_url
+from worker.events import FaceEvent
+from worker.redis_keys import RedisKeys
+from worker.settings import RedisSettings
+from worker.status import StreamStatus
+
+log = structlog.get_logger(__name__)
+
+# KEYS: seen marker, events stream, person hash.
+# ARGV: dedup ttl s, stream maxlen, live channel, event json, event id, stream id, track id,
+#       task, frame wall time s, window end s, person ttl s.
+# Returns 1 when written, 0 when the event id was already published.
+_PUBLISH_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+  'event', ARGV[4], 'event_id', ARGV[5], 'stream_id', ARGV[6], 'track_id', ARGV[7],
+  'task', ARGV[8])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+-- The person hash keeps the newest window per task, even when windows finish out of order.
+local previous = redis.call('HGET', KEYS[3], ARGV[8])
+if (not previous) or cjson.decode(previous)['window_end_s'] <= tonumber(ARGV[10]) then
+  redis.call('HSET', KEYS[3], ARGV[8], ARGV[4])
+end
+local last_seen = tonumber(redis.call('HGET', KEYS[3], 'last_seen_s') or '0')
+if tonumber(ARGV[9]) > last_seen then
+  redis.call('HSET', KEYS[3], 'last_seen_s', ARGV[9])
+end
+redis.call('HSET', KEYS[3], 'stream_id', ARGV[6], 'track_id', ARGV[7])
+redis.call('EXPIRE', KEYS[3], ARGV[11])
+return 1
+"""
+_PUBLISH_LUA_SHA = hashlib.sha1(_PUBLISH_LUA.encode()).hexdigest()
+
+
+class PublisherDiedError(RuntimeError):
+    """The publisher thread stopped on an unexpected error; events are no longer written."""
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    """Counters since start, for metrics and tests."""
+
+    published: int
+    duplicates_suppressed: int
+    dropped: int
+    redis_errors: int
+    buffered: int
+    buffered_high_water: int
+    statuses_written: int
+    statuses_pending: int
+    redis_up: bool | None
+
+
+@dataclass(frozen=True)
+class _QueuedEvent:
+    seq: int
+    event: FaceEvent
+
+
+class EventPublisher:
+    """Writes events and stream statuses to Redis from a background thread; never blocks callers."""
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        batch_max_events: int = 256,
+        socket_timeout_s: float = 5.0,
+        thread_name: str = "redis-publisher",
+    ) -> None:
+        self._settings = settings
+        self._keys = RedisKeys(settings.prefix)
+        self._batch_max_events = batch_max_events
+        self._client = redis.Redis.from_url(
+            settings.url,
+            socket_connect_timeout=socket_timeout_s,
+            socket_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),  # our own loop retries with backoff
+        )
+        self._thread_name = thread_name
+        self._thread: threading.Thread | None = None
+
+        self._cond = threading.Condition()
+        self._buffer: deque[_QueuedEvent] = deque()
+        self._pending_status: dict[str, StreamStatus | None] = {}  # None = forget the stream
+        self._next_seq = 0
+        self._inflight_upto_seq = -1
+        self._evicted_inflight = 0
+        self._writing = False
+        self._stop_requested = False
+        self._retry_now = False
+        self._failure: BaseException | None = None
+
+        self._published = 0
+        self._duplicates = 0
+        self._dropped = 0
+        self._redis_errors = 0
+        self._statuses_written = 0
+        self._high_water = 0
+        self._redis_up: bool | None = None
+        self._down_since_s = 0.0
+
+    @property
+    def keys(self) -> RedisKeys:
+        """The key names this publisher writes."""
+        return self._keys
+
+    # -- caller side: never blocks, never raises -------------------------------------------
+
+    def start(self) -> EventPublisher:
+        """Start the writer thread (once); returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+            self._thread.start()
+        return self
+
+    def publish(self, event: FaceEvent) -> None:
+        """Queue one event; when the buffer is full the oldest queued event is dropped."""
+        with self._cond:
+            if len(self._buffer) >= self._settings.buffer_max_events:
+                evicted = self._buffer.popleft()
+                if evicted.seq <= self._inflight_upto_seq:
+                    self._evicted_inflight += 1  # being written now: counted if that write fails
+                else:
+                    self._dropped += 1
+            self._buffer.append(_QueuedEvent(self._next_seq, event))
+            self._next_seq += 1
+            self._high_water = max(self._high_water, len(self._buffer))
+            self._cond.notify_all()
+
+    def update_status(self, status: StreamStatus) -> None:
+        """Queue a stream's status; a newer status of the same stream replaces an unwritten one."""
+        with self._cond:
+            self._pending_status[status.stream_id] = status
+            self._cond.notify_all()
+
+    def remove_status(self, stream_id: str) -> None:
+        """Queue the removal of a stream's status (the stream was stopped and forgotten)."""
+        with self._cond:
+            self._pending_status[stream_id] = None
+            self._cond.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued is written; False when time ran out (or the thread died)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._retry_now = True  # a waiting retry goes now instead of after its backoff
+            self._cond.notify_all()
+            while self._buffer or self._pending_status or self._writing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._failure is not None or not self.is_alive():
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread; anything still queued is counted as dropped (call `flush` first)."""
+        with self._cond:
+            self._stop_requested = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        with self._cond:
+            left = len(self._buffer)
+            if left:
+                self._dropped += left
+                self._buffer.clear()
+                log.warning("publisher.stopped_with_unwritten_events", events=left)
+        self._client.close()
+
+    def is_alive(self) -> bool:
+        """True while the writer thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The unexpected error that ended the thread, if any."""
+        return self._failure
+
+    def raise_if_died(self) -> None:
+        """Raise `PublisherDiedError` if the thread ended on an unexpected error."""
+        if self._failure is not None:
+            raise PublisherDiedError(
+                f"redis publisher thread died: {self._failure!r}; restart the worker"
+            ) from self._failure
+
+    def stats(self) -> PublisherStats:
+        """A consistent snapshot of the counters."""
+        with self._cond:
+            return PublisherStats(
+                published=self._published,
+                duplicates_suppressed=self._duplicates,
+                dropped=self._dropped,
+                redis_errors=self._redis_errors,
+                buffered=len(self._buffer),
+                buffered_high_water=self._high_water,
+                statuses_written=self._statuses_written,
+                statuses_pending=len(self._pending_status),
+                redis_up=self._redis_up,
+            )
+
+    def __enter__(self) -> EventPublisher:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.flush(timeout_s=5.0)
+        self.stop()
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException as exc:
+            log.exception("publisher.died")
+            with self._cond:
+                self._failure = exc
+                self._writing = False
+                self._cond.notify_all()
+
+    def _write_loop(self) -> None:
+        delay_s = self._settings.retry_initial_s
+        while True:
+            with self._cond:
+                while not (self._stop_requested or self._buffer or self._pending_status):
+                    self._cond.wait()
+                if self._stop_requested:
+                    return
+                batch = list(islice(self._buffer, self._batch_max_events))
+                statuses = self._pending_status
+                self._pending_status = {}
+                self._inflight_upto_seq = batch[-1].seq if batch else -1
+                self._writing = True
+            try:
+                results = self._write(batch, statuses)
+            except redis.RedisError as exc:
+                self._after_failure(statuses, exc)
+                self._wait_before_retry(delay_s)
+                delay_s = min(delay_s * 2, self._settings.retry_max_s)
+                continue
+            self._after_success(batch, statuses, results)
+            delay_s = self._settings.retry_initial_s
+
+    def _write(
+        self, batch: list[_QueuedEvent], statuses: dict[str, StreamStatus | None]
+    ) -> list[object]:
+        """One round trip for the batch; returns 1 (written) or 0 (duplicate) per event."""
+        results = self._write_pipeline(batch, statuses)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            # A restarted or failed-over Redis forgot the script (another worker may have
+            # loaded it meanwhile, so only some entries can be missing): load, resend those.
+            self._client.script_load(_PUBLISH_LUA)
+            resent = self._write_pipeline([batch[i] for i in missing], {})
+            for i, result in zip(missing, resent, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result  # the whole batch is retried; written events come back as 0
+        return results
+
+    def _write_pipeline(
+        self, batch: list[_QueuedEvent], statuses: dict[str, StreamStatus | None]
+    ) -> list[object]:
+        """Every event through the dedup script (EVALSHA), then the statuses; per-event results."""
+        settings, keys = self._settings, self._keys
+        pipe = self._client.pipeline(transaction=False)
+        for queued in batch:
+            event = queued.event
+            pipe.evalsha(
+                _PUBLISH_LUA_SHA,
+                3,
+                keys.seen(event.event_id),
+                keys.events,
+                keys.person(event.stream_id, event.track_id),
+                settings.dedup_ttl_s,
+                settings.events_maxlen,
+                keys.live,
+                event.model_dump_json(),
+                event.event_id,
+                event.stream_id,
+                event.track_id,
+                str(event.task),
+                repr(event.frame_wall_time_s),
+                repr(event.window_end_s),
+                settings.person_ttl_s,
+            )
+        for stream_id, status in statuses.items():
+            if status is None:
+                pipe.delete(keys.stream(stream_id))
+                pipe.srem(keys.streams, stream_id)
+            else:
+                pipe.hset(keys.stream(stream_id), mapping=status.to_hash())
+                pipe.expire(keys.stream(stream_id), settings.status_ttl_s)
+                pipe.sadd(keys.streams, stream_id)
+                pipe.expire(keys.streams, settings.status_ttl_s)
+        results = pipe.execute(raise_on_error=False)
+        for result in results[len(batch) :]:
+            if isinstance(result, Exception):
+                raise result
+        return results[: len(batch)]
+
+    def _after_success(
+        self,
+        batch: list[_QueuedEvent],
+        statuses: dict[str, StreamStatus | None],
+        results: list[object],
+    ) -> None:
+        written = sum(1 for result in results if result == 1)
+        with self._cond:
+            # Events evicted while in flight were written anyway: only drop what is still queued.
+            while self._buffer and self._buffer[0].seq <= self._inflight_upto_seq:
+                self._buffer.popleft()
+            self._evicted_inflight = 0
+            self._inflight_upto_seq = -1
+            self._published += written
+            self._duplicates += len(batch) - written
+            self._statuses_written += len(statuses)
+            self._writing = False
+            was_up = self._redis_up
+            self._redis_up = True
+            self._cond.notify_all()
+        if was_up is False:
+            log.info(
+                "redis.reconnected",
+                url=redact_url(self._settings.url),
+                outage_s=round(time.monotonic() - self._down_since_s, 1),
+            )
+        elif was_up is None:
+            log.info("redis.connected", url=redact_url(self._settings.url))
+
+    def _after_failure(
+        self, statuses: dict[str, StreamStatus | None], exc: redis.RedisError
+    ) -> None:
+        with self._cond:
+            self._redis_errors += 1
+            self._dropped += self._evicted_inflight
+            self._evicted_inflight = 0
+            self._inflight_upto_seq = -1  # the batch stays queued (what is left of it)
+            for stream_id, status in statuses.items():
+                self._pending_status.setdefault(stream_id, status)  # newer updates win
+            self._writing = False
+            was_up = self._redis_up
+            self._redis_up = False
+            buffered = len(self._buffer)
+            self._cond.notify_all()
+        if was_up is not False:
+            self._down_since_s = time.monotonic()
+            log.warning(
+                "redis.unreachable",
+                url=redact_url(self._settings.url),
+                error=f"{type(exc).__name__}: {exc}",
+                buffered=buffered,
+                buffer_max_events=self._settings.buffer_max_events,
+            )
+
+    def _wait_before_retry(self, delay_s: float) -> None:
+        deadline = time.monotonic() + delay_s
+        with self._cond:
+            while not (self._stop_requested or self._retry_now):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._retry_now = False
