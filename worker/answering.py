@@ -1,0 +1,96 @@
+"""The model stage: window jobs → Face-LLaVA questions → `FaceEvent`s.
+
+A window asks its stream's tasks; each task goes to the modality the authors recommend
+(emotion → the 8-crop clip; age, attributes, action units → the best single crop). All
+questions of one visual share its prefill inside the engine. Used by the worker's model
+thread and by `facestream analyze --model`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from models.facellava.answers import Task, parse_answer
+from models.facellava.engine import GenerationEngine, GenerationRequest
+from models.facellava.options import ModelOptions
+from models.facellava.prompts import TASK_MODALITY
+from worker.events import FaceEvent, event_id_for
+from worker.scheduler import WindowJob
+
+log = structlog.get_logger(__name__)
+
+
+class FaceAnswerer:
+    """Owns one generation engine; `answer(jobs)` gives one event per (job, task)."""
+
+    def __init__(self, engine: GenerationEngine, model_id: str, worker_id: str) -> None:
+        self.engine = engine
+        self.model_id = model_id
+        self.worker_id = worker_id
+
+    @classmethod
+    def from_options(cls, options: ModelOptions, worker_id: str) -> FaceAnswerer:
+        """Load the checkpoint named by `options` and wrap it in an engine."""
+        from models.facellava.checkpoint import load_from_options
+
+        loaded = load_from_options(options)
+        engine = GenerationEngine(
+            loaded.model,
+            loaded.tokenizer,
+            max_new_tokens=options.max_new_tokens,
+            max_batch_clips=options.max_batch_clips,
+            eos_token_id=loaded.eos_token_id,
+        )
+        log.info("model loaded", model=options.model, report=loaded.report.summary())
+        return cls(engine, model_id=options.model, worker_id=worker_id)
+
+    def answer(self, jobs: Sequence[WindowJob]) -> list[FaceEvent]:
+        """Run every task of every job in one engine call and build the events."""
+        requests: list[GenerationRequest] = []
+        for index, job in enumerate(jobs):
+            video_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "video"]
+            image_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "image"]
+            if video_tasks:
+                requests.append(
+                    GenerationRequest.for_tasks((index, "video"), job.clip.crops_rgb, video_tasks)
+                )
+            if image_tasks:
+                requests.append(
+                    GenerationRequest.for_tasks((index, "image"), job.image.crop_rgb, image_tasks)
+                )
+        if not requests:
+            return []
+        results = self.engine.generate(requests)
+        now_s = time.time()
+        events: list[FaceEvent] = []
+        for result in results:
+            job = jobs[result.key[0]]
+            window = job.clip.window
+            for answer in result.answers:
+                task = answer.question.task
+                assert task is not None  # for_tasks always sets it
+                events.append(self._event(job, Task(task), answer.text, now_s))
+        log.debug("answered", jobs=len(jobs), events=len(events), stream_id=window.stream_id)
+        return events
+
+    def _event(self, job: WindowJob, task: Task, text: str, now_s: float) -> FaceEvent:
+        window = job.clip.window
+        return FaceEvent(
+            event_id=event_id_for(window.stream_id, window.track_id, window.window_start_s, task),
+            stream_id=window.stream_id,
+            track_id=window.track_id,
+            task=task,
+            result=parse_answer(task, text),
+            answer_text=text,
+            window_start_s=window.window_start_s,
+            window_end_s=window.window_end_s,
+            wall_time_s=now_s,
+            frame_wall_time_s=window.last_wall_time_s,
+            box_xyxy=window.box_xyxy,
+            detector_score=window.detector_score,
+            model_id=self.model_id,
+            worker_id=self.worker_id,
+        )

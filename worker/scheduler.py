@@ -1,0 +1,117 @@
+"""The bounded queue between the windows and the model, with a named drop policy.
+
+Policy `newest-per-track`: a person's newer window supersedes their older one still
+waiting (the newer says more about now); when the queue is full the oldest window of
+all is dropped; a window older than `max_age_s` when the model reaches it is dropped
+as stale. Every drop is counted by reason; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ingest.requests import ClipRequest, ImageRequest
+from models.facellava.answers import Task
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """One window of one person and the tasks its stream asked for."""
+
+    clip: ClipRequest
+    image: ImageRequest
+    tasks: tuple[Task, ...]
+    enqueued_s: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.clip.window.stream_id, self.clip.window.track_id)
+
+
+DropCallback = Callable[[str, int], None]
+
+
+class WindowQueue:
+    """Thread-safe, bounded, with the `newest-per-track` policy; `on_drop(reason, n)`."""
+
+    def __init__(self, capacity: int, max_age_s: float, on_drop: DropCallback) -> None:
+        self._capacity = capacity
+        self._max_age_s = max_age_s
+        self._on_drop = on_drop
+        self._jobs: OrderedDict[tuple[str, int], WindowJob] = OrderedDict()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    def put(self, job: WindowJob) -> None:
+        """Enqueue without ever blocking; applies the drop policy."""
+        with self._cond:
+            if self._closed:
+                self._on_drop("shutdown", 1)
+                return
+            if job.key in self._jobs:
+                del self._jobs[job.key]
+                self._on_drop("superseded", 1)
+            elif len(self._jobs) >= self._capacity:
+                self._jobs.popitem(last=False)
+                self._on_drop("queue_full", 1)
+            self._jobs[job.key] = job
+            self._cond.notify()
+
+    def take(self, max_jobs: int, fill_wait_s: float, timeout_s: float) -> list[WindowJob]:
+        """Up to `max_jobs` fresh jobs, oldest first; waits `timeout_s` for the first one and
+        then at most `fill_wait_s` more for the batch to fill. Empty on timeout or close."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self._jobs and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+            fill_deadline = time.monotonic() + fill_wait_s
+            while len(self._jobs) < max_jobs and not self._closed:
+                remaining = fill_deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[WindowJob] = []
+            now = time.monotonic()
+            while self._jobs and len(batch) < max_jobs:
+                _, job = self._jobs.popitem(last=False)
+                if now - job.enqueued_s > self._max_age_s:
+                    self._on_drop("stale", 1)
+                    continue
+                batch.append(job)
+            return batch
+
+    def has_stream(self, stream_id: str) -> bool:
+        """Whether a window of `stream_id` is waiting."""
+        with self._cond:
+            return any(k[0] == stream_id for k in self._jobs)
+
+    def drop_stream(self, stream_id: str) -> None:
+        """Forget the waiting windows of a stopped stream (counted as `stream_stopped`)."""
+        with self._cond:
+            keys = [k for k in self._jobs if k[0] == stream_id]
+            for k in keys:
+                del self._jobs[k]
+            if keys:
+                self._on_drop("stream_stopped", len(keys))
+
+    def close(self) -> int:
+        """Refuse new jobs, wake waiters, and drop what is left; returns how many dropped."""
+        with self._cond:
+            self._closed = True
+            n = len(self._jobs)
+            self._jobs.clear()
+            if n:
+                self._on_drop("shutdown", n)
+            self._cond.notify_all()
+            return n
