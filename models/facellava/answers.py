@@ -6,6 +6,7 @@ answer text into one of them, or `None` when the text says nothing we can trust.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -68,3 +69,654 @@ TaskResult = Annotated[
     EmotionResult | AgeResult | AttributesResult | ActionUnitsResult,
     Field(discriminator="kind"),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Parsing: text → result, or None. Shared pieces first (sentences, negation), then one
+# parser per task. Everything is plain regular expressions over lower-cased text.
+# --------------------------------------------------------------------------------------
+
+_SENTENCE_END = re.compile(r"(?<!\d)[.!?]+(?=\s|$)|\n+")
+
+# Words that open a negated scope ("not angry", "no sign of fear", "without a beard").
+# "not only", "no doubt", "no longer" and the like do not negate what follows.
+_NEGATION_CUE = re.compile(
+    r"n't\b|\b(?:not(?!\s+only\b)|no(?!\s+(?:doubt|question|longer)\b)|never|without|"
+    r"neither|nor|none|lacks?|lacking|absence\s+of|free\s+of|devoid\s+of|"
+    r"rather\s+than|instead\s+of|hardly|cannot)\b"
+)
+
+# Where a negated scope ends: clause punctuation, contrast words, or a comma/"and" that
+# starts a new clause ("no glasses, and he has a beard").
+_SCOPE_BREAK = re.compile(
+    r"[;:()]|\s[-–—]\s"
+    r"|\b(?:but|however|although|though|whereas|while|yet|instead(?!\s+of)|rather(?!\s+than)|"
+    r"which|who|that)\b"
+    r"|(?:,|\band\b|\bwith\b)\s+(?:he|she|they|it|his|her|their|the|there|this|has|have|had|"
+    r"is|are|was|were|wears|wearing|shows|showing|appears|appearing|looks|looking|seems|"
+    r"seeming|displays|displaying|exhibits|features|also|suggesting|indicating|as|and|with)\b"
+)
+
+# "Eyeglasses are not present", "AU4 is absent": a denial that follows the term.
+_POST_NEGATION = re.compile(
+    r"^[^,;:.]{0,25}?\b(?:is|are|was|were|seems?|appears?)(?:\s+to\s+be)?\s+"
+    r"(?:not\b|absent\b|missing\b|inactive\b)|^[^,;:.]{0,25}?\b(?:is|are|was|were)n't\b"
+)
+
+
+def _sentences(text: str) -> list[str]:
+    """Split lower-cased answer text into sentences (decimal points do not split)."""
+    return [s.strip() for s in _SENTENCE_END.split(text.lower()) if s.strip()]
+
+
+def _is_negated(sentence: str, start: int, end: int) -> bool:
+    """Whether the term at `sentence[start:end]` sits in a negated scope of its sentence."""
+    before = sentence[:start]
+    cues = list(_NEGATION_CUE.finditer(before))
+    if cues:
+        gap = before[cues[-1].end() :]
+        if not _SCOPE_BREAK.search(gap):
+            return True
+    after = sentence[end:]
+    breaker = _SCOPE_BREAK.search(after)
+    clause_after = after[: breaker.start()] if breaker else after
+    return bool(_POST_NEGATION.search(clause_after))
+
+
+def _alternation(words: list[str]) -> str:
+    """A regex alternation of phrases, longest first so "full beard" beats "beard"."""
+    return "|".join(sorted(words, key=len, reverse=True))
+
+
+# ---- emotion -------------------------------------------------------------------------
+
+EMOTIONS: tuple[str, ...] = (
+    "happy",
+    "sad",
+    "angry",
+    "fearful",
+    "surprised",
+    "disgusted",
+    "neutral",
+    "contemptuous",
+)
+"""The closed emotion vocabulary: the seven basic emotions, neutral and contempt."""
+
+# Words that name an emotion. Spaces in a phrase match any whitespace or a hyphen.
+_EMOTION_WORDS: dict[str, list[str]] = {
+    "happy": [
+        "happy", "happiness", "happily", "joy", "joyful", "joyous", "cheerful", "cheerfulness",
+        "delighted", "delight", "pleased", "glad", "contentment", "amused", "amusement",
+        "elated", "elation", "gleeful", "glee", r"content(?!\s+(?:of|in|is|shown|from))",
+    ],
+    "sad": [
+        "sad", "sadness", "sadly", "sorrow", "sorrowful", "unhappy", "unhappiness", "upset",
+        "melancholy", "melancholic", "gloomy", "grief", "grieving", "depressed", "downcast",
+        "dejected", "despair", "despondent", "disappointed", "disappointment", "heartbroken",
+        "mournful", "distressed", "distress",
+    ],
+    "angry": [
+        "angry", "anger", "angrily", "furious", "fury", "rage", "enraged", "irritated",
+        "irritation", "annoyed", "annoyance", "frustrated", "frustration", "hostile",
+        "hostility", "outraged", "irate", "mad",
+    ],
+    "fearful": [
+        "fear", "fearful", "afraid", "scared", "frightened", "terrified", "terror", "anxious",
+        "anxiety", "worried", "worry", "nervous", "nervousness", "panic", "panicked",
+        "alarmed", "apprehensive", "apprehension", "fright",
+    ],
+    "surprised": [
+        "surprise", "surprised", "astonished", "astonishment", "amazed", "amazement",
+        "shocked", "shock", "startled", "stunned",
+    ],
+    "disgusted": [
+        "disgust", "disgusted", "revulsion", "repulsed", "revolted", "grossed out",
+        "aversion", "distaste",
+    ],
+    "neutral": [
+        "neutral", "neutrality", "calm", "calmness", "expressionless", "emotionless",
+        "impassive", "blank expression", "blank face", "stoic", "indifferent", "indifference",
+        r"no\s+(?:particular|strong|obvious|clear|visible|discernible|specific|apparent)?\s*"
+        r"(?:emotion|emotions|emotional\s+expression)",
+    ],
+    "contemptuous": [
+        "contempt", "contemptuous", "disdain", "disdainful", "scorn", "scornful",
+        "condescending", "sneer", "sneering",
+    ],
+}  # fmt: skip
+
+# Expression cues used only when no emotion word is asserted ("the person is smiling").
+_EMOTION_CUES: dict[str, list[str]] = {
+    "happy": ["smile", "smiles", "smiling", "grin", "grins", "grinning", "laugh", "laughs",
+              "laughing", "beaming"],
+    "sad": ["crying", "cries", "tears", "tearful", "weeping", "sobbing"],
+    "angry": ["scowl", "scowls", "scowling", "glaring"],
+    "contemptuous": ["smirk", "smirks", "smirking"],
+}  # fmt: skip
+
+
+def _term_pattern(words: list[str]) -> str:
+    return r"\b(?:" + _alternation([w.replace(" ", r"[\s-]+") for w in words]) + r")\b"
+
+
+def _labelled_regex(table: dict[str, list[str]]) -> re.Pattern[str]:
+    """One regex whose named groups say which label matched."""
+    groups = [f"(?P<{label}>{_term_pattern(words)})" for label, words in table.items()]
+    return re.compile("|".join(groups))
+
+
+_EMOTION_RE = _labelled_regex(_EMOTION_WORDS)
+_EMOTION_CUE_RE = _labelled_regex(_EMOTION_CUES)
+
+# "The emotion shown is X", "the dominant emotion appears to be X": a committed label.
+_EMOTION_STATEMENT = re.compile(
+    r"\bemotions?\b[^.;,]{0,60}?\b(?:is|are|was|appears\s+to\s+be|seems\s+to\s+be|would\s+be|"
+    r"can\s+be\s+(?:described|identified|classified|recognized|recognised)\s+as|of)\s+"
+    r"(?:(?:that\s+of|one\s+of|a\s+sense\s+of|an?|most\s+likely|likely|probably|clearly|"
+    r"primarily|mainly|mostly|predominantly)\s+)*"
+)
+
+
+def _asserted(regex: re.Pattern[str], sentence: str) -> list[tuple[str, re.Match[str]]]:
+    """(label, match) of every non-negated labelled term in a sentence, in text order."""
+    found = []
+    for match in regex.finditer(sentence):
+        label = match.lastgroup
+        if label and not _is_negated(sentence, match.start(), match.end()):
+            found.append((label, match))
+    return found
+
+
+def parse_emotion(text: str) -> EmotionResult | None:
+    """The emotion label the answer commits to, or None if it names none.
+
+    Priority: an explicit statement ("the emotion shown is sadness"); else the first
+    non-negated emotion word in text order (so "a mix of surprise and fear" → surprised);
+    else an expression cue ("smiling" → happy). Negated words never count.
+    """
+    sentences = _sentences(text)
+    for sentence in sentences:
+        for statement in _EMOTION_STATEMENT.finditer(sentence):
+            match = _EMOTION_RE.match(sentence, statement.end())
+            if match and match.lastgroup and not _is_negated(sentence, match.start(), match.end()):
+                return EmotionResult(label=match.lastgroup, matched_text=match.group(0))
+    for regex in (_EMOTION_RE, _EMOTION_CUE_RE):
+        for sentence in sentences:
+            found = _asserted(regex, sentence)
+            if found:
+                label, match = found[0]
+                return EmotionResult(label=label, matched_text=match.group(0))
+    return None
+
+
+# ---- age -----------------------------------------------------------------------------
+
+_UNITS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "nineteen": 19,
+}  # fmt: skip
+_TENS = {
+    "twenty": 20, "thirty": 30, "forty": 40, "fourty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90,
+}  # fmt: skip
+_DECADE_WORDS = {
+    "twenties": 20, "thirties": 30, "forties": 40, "fifties": 50, "sixties": 60,
+    "seventies": 70, "eighties": 80, "nineties": 90,
+}  # fmt: skip
+_NUMBER_WORD = re.compile(
+    r"\b(?:(?P<tens>"
+    + "|".join(_TENS)
+    + r")(?:[\s-]+(?P<unit>"
+    + "|".join(list(_UNITS)[1:10])
+    + r"))?|(?P<small>"
+    + "|".join(_UNITS)
+    + r"))\b"
+)
+
+_AGE_UNIT = r"(?:years?|yrs?|y/?o|y\.o\.?)"
+_QUALIFIER = r"(?P<part>early|mid|middle|late)?(?:\s*-\s*|\s+)?"
+_AGE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    (
+        "range",
+        re.compile(
+            r"(?:\bbetween\s+(?:the\s+ages?\s+of\s+)?(?P<lo>\d{1,3})\s+and\s+(?P<hi>\d{1,3})"
+            r"|\b(?P<lo2>\d{1,3})\s*(?:-|–|—|to)\s*(?P<hi2>\d{1,3})(?!\s*%))"
+            r"(?=\s*(?:" + _AGE_UNIT + r"|\)|,|\.|$|\s))"
+        ),
+    ),
+    (
+        "decade",
+        re.compile(
+            r"\b"
+            + _QUALIFIER
+            + r"(?:(?P<dnum>[1-9]0)\s*'?s\b|(?P<dword>"
+            + "|".join(_DECADE_WORDS)
+            + r"))"
+        ),
+    ),
+    ("teens", re.compile(r"\b" + _QUALIFIER + r"(?:teens|teenager|teenaged|teenage)\b")),
+    (
+        "single",
+        re.compile(
+            r"\b(?P<num>\d{1,3}(?:\.\d)?)\s*(?:-\s*)?(?=" + _AGE_UNIT + r"\b|year-old)"
+            r"|\b(?:aged?|ages?\s+of|age\s*(?::|is|of|at|around|about|approximately|roughly)"
+            r"|around|about|approximately|roughly|nearly|almost|maybe|perhaps|probably|likely"
+            r"|estimated(?:\s+at)?|estimate\s+of)"
+            r"\s*(?:\w+\s+){0,2}?(?P<num2>\d{1,3}(?:\.\d)?)\b"
+            # "is 27." / "looks 40 or so": a bare number only where nothing else follows.
+            r"|\b(?:appears\s+to\s+be|seems\s+to\s+be|looks|is)\s+(?P<num3>\d{1,3})"
+            r"(?=\s*(?:[.,;!)]|$|\s(?:or|and|years?)\b))"
+        ),
+    ),
+]
+
+
+def _words_to_digits(text: str) -> str:
+    """'twenty-five' → '25', 'thirty' → '30' (decade words like 'thirties' stay)."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group("tens"):
+            value = _TENS[match.group("tens")] + _UNITS.get(match.group("unit") or "zero", 0)
+        else:
+            value = _UNITS[match.group("small")]
+        return str(value)
+
+    return _NUMBER_WORD.sub(replace, text)
+
+
+def _span_years(lo: float, hi_inclusive: float) -> AgeResult:
+    """A band of whole years lo..hi: its middle treats the band as [lo, hi + 1)."""
+    return AgeResult(years=(lo + hi_inclusive + 1) / 2, range_years=(lo, hi_inclusive))
+
+
+def _part_of_band(part: str | None, low: int, width: int) -> AgeResult:
+    """Early/mid/late thirds of a band starting at `low` ('mid-20s' → 23..26)."""
+    if part == "early":
+        return _span_years(low, low + 3)
+    if part in ("mid", "middle"):
+        return _span_years(low + 3, low + 6)
+    if part == "late":
+        return _span_years(low + width - 4, low + width - 1)
+    return _span_years(low, low + width - 1)
+
+
+def _age_from_match(kind: str, match: re.Match[str]) -> AgeResult | None:
+    if kind == "range":
+        lo = float(match.group("lo") or match.group("lo2"))
+        hi = float(match.group("hi") or match.group("hi2"))
+        if not 0 < lo < hi <= 120 or hi - lo > 30:
+            return None
+        return AgeResult(years=(lo + hi) / 2, range_years=(lo, hi))
+    if kind == "decade":
+        low = int(match.group("dnum") or _DECADE_WORDS[match.group("dword")])
+        return _part_of_band(match.group("part"), low, 10)
+    if kind == "teens":
+        part = match.group("part")
+        if part == "early":
+            return _span_years(13, 15)
+        if part in ("mid", "middle"):
+            return _span_years(15, 17)
+        if part == "late":
+            return _span_years(17, 19)
+        return _span_years(13, 19)
+    years = float(match.group("num") or match.group("num2") or match.group("num3"))
+    return AgeResult(years=years) if 0 < years <= 120 else None
+
+
+def _age_number_start(kind: str, match: re.Match[str]) -> int:
+    if kind != "single":
+        return match.start()
+    group = next(g for g in ("num", "num2", "num3") if match.group(g) is not None)
+    return match.start(group)
+
+
+def parse_age(text: str) -> AgeResult | None:
+    """The first age the answer states: a number, a range, a decade or teens; else None.
+
+    "20-25" → 22.5 with range (20, 25); "in his thirties" → 35 with range (30, 39);
+    "mid-20s" → 25 with range (23, 26); "around 35 years old" → 35.
+    """
+    lowered = _words_to_digits(text.lower())
+    if re.fullmatch(r"\s*(\d{1,3})\s*\.?\s*", lowered):
+        years = float(lowered.strip(" .\n"))
+        return AgeResult(years=years) if 0 < years <= 120 else None
+    best: tuple[int, AgeResult] | None = None
+    for kind, regex in _AGE_PATTERNS:
+        for match in regex.finditer(lowered):
+            result = _age_from_match(kind, match)
+            # Compare where the numbers start: "looks to be 20 to 25" is one range.
+            position = _age_number_start(kind, match)
+            if result is not None and (best is None or position < best[0]):
+                best = (position, result)
+                break
+    return best[1] if best else None
+
+
+# ---- attributes ----------------------------------------------------------------------
+
+CELEBA_ATTRIBUTES: tuple[str, ...] = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
+    "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)  # fmt: skip
+"""The 40 CelebA attribute names, in CelebA's order."""
+
+
+def _hair(colour: str) -> str:
+    """'<colour> hair', '<colour>, wavy hair', 'hair is <colour>', '<colour>-haired'."""
+    return (
+        rf"(?:{colour})(?:[\s,-]+(?!hair\b)[a-z]+){{0,2}}?[\s,-]+hair(?:ed)?\b"
+        rf"|\bhair\s+(?:is|appears|looks|seems)\s+(?:\w+\s+){{0,2}}?(?:{colour})\b"
+    )
+
+
+_BROW = r"(?:eye)?brows?"
+_HAIR_COLOURS_AFTER_DARK = r"brown|blond|blonde|red|gray|grey|auburn|chestnut"
+
+# (attribute, regex, says_present, negatable): an asserted match says the attribute is
+# present (or absent, for says_present=False); a negated match says the opposite.
+_ATTRIBUTE_RULES: list[tuple[str, str, bool, bool]] = [
+    ("5_o_Clock_Shadow", r"stubble|stubbled|stubbly|(?:5|five)\s+o'?\s*clock\s+shadow", True, True),
+    ("Arched_Eyebrows", rf"arched\s+{_BROW}|{_BROW}\s+(?:are|is)\s+(?:\w+\s+)?arched", True, True),
+    ("Attractive", r"attractive|beautiful|handsome|good[\s-]looking|gorgeous", True, True),
+    ("Attractive", r"unattractive", False, True),
+    (
+        "Bags_Under_Eyes",
+        r"bags\s+under\s+(?:\w+\s+)?eyes|under[\s-]eye\s+bags"
+        r"|puffy\s+eyes",
+        True,
+        True,
+    ),
+    ("Bald", r"bald|bald[\s-]headed|shaved\s+head|hairless\s+head", True, True),
+    ("Bangs", r"bangs|fringe", True, True),
+    (
+        "Big_Lips",
+        r"(?:big|full|large|thick|plump|fleshy)\s+lips"
+        r"|lips\s+are\s+(?:\w+\s+)?(?:full|big|large|thick|plump)",
+        True,
+        True,
+    ),
+    (
+        "Big_Nose",
+        r"(?:big|large|prominent|wide|broad)\s+nose"
+        r"|nose\s+is\s+(?:\w+\s+)?(?:big|large|prominent|broad)",
+        True,
+        True,
+    ),
+    (
+        "Black_Hair",
+        _hair(rf"black|jet[\s-]black|dark(?![\s-]+(?:{_HAIR_COLOURS_AFTER_DARK}))"),
+        True,
+        True,
+    ),
+    ("Blond_Hair", _hair(r"blond|blonde|golden|fair|platinum") + r"|blonde?", True, True),
+    ("Blurry", r"blurry|blurred|out\s+of\s+focus|unfocused", True, True),
+    ("Brown_Hair", _hair(r"brown|chestnut|auburn|brunette") + r"|brunette", True, True),
+    (
+        "Bushy_Eyebrows",
+        rf"(?:bushy|thick|heavy|dense)\s+{_BROW}"
+        rf"|{_BROW}\s+(?:are|is)\s+(?:\w+\s+)?(?:bushy|thick)",
+        True,
+        True,
+    ),
+    ("Chubby", r"chubby|heavy[\s-]set|overweight|round\s+and\s+full\s+face", True, True),
+    ("Double_Chin", r"double\s+chin", True, True),
+    ("Eyeglasses", r"(?:eye|sun)?glasses|spectacles|specs|eyewear", True, True),
+    ("Goatee", r"goatee", True, True),
+    (
+        "Gray_Hair",
+        _hair(r"gray|grey|silver|white|graying|greying"
+        r"|salt[\s-]and[\s-]pepper") + r"|(?:graying|greying)",
+        True,
+        True,
+    ),
+    (
+        "Heavy_Makeup",
+        r"(?:heavy|noticeable|prominent|thick|dramatic|bold)\s+make[\s-]?up"
+        r"|make[\s-]?up\s+is\s+heavy|wearing\s+(?:a\s+lot\s+of\s+)?make[\s-]?up",
+        True,
+        True,
+    ),
+    ("Heavy_Makeup", r"(?:light|minimal|subtle|natural|little|no)\s+make[\s-]?up", False, False),
+    ("High_Cheekbones", r"(?:high|prominent|pronounced|defined)\s+cheek[\s-]?bones", True, True),
+    ("Male", r"man|male|gentleman|boy|guy|he|his|him|himself|masculine", True, False),
+    ("Male", r"woman|female|lady|girl|she|her|hers|herself|feminine", False, False),
+    (
+        "Mouth_Slightly_Open",
+        r"mouth\s+(?:is\s+)?(?:\w+\s+)?(?:open|ajar)"
+        r"|open\s+mouth|(?:lips\s+(?:are\s+)?(?:\w+\s+)?parted|parted\s+lips)",
+        True,
+        True,
+    ),
+    (
+        "Mouth_Slightly_Open",
+        r"(?:closed\s+mouth|mouth\s+(?:is\s+)?closed|lips\s+(?:are\s+)?(?:closed|sealed|pressed\s+together))",
+        False,
+        False,
+    ),
+    ("Mustache", r"mustache|moustache|mustached|moustached", True, True),
+    (
+        "Narrow_Eyes",
+        r"narrow(?:ed)?\s+eyes|eyes\s+(?:are\s+)?(?:\w+\s+)?narrow(?:ed)?"
+        r"|squinting|squints?",
+        True,
+        True,
+    ),
+    ("No_Beard", r"full\s+beard|beard|bearded|facial\s+hair", False, True),
+    ("No_Beard", r"clean[\s-]shaven|beardless|smooth[\s-]shaven", True, False),
+    (
+        "Oval_Face",
+        r"oval(?:[\s-]shaped)?\s+face|face\s+(?:is\s+)?(?:\w+\s+)?oval"
+        r"|oval[\s-]faced",
+        True,
+        True,
+    ),
+    (
+        "Pale_Skin",
+        r"(?:pale|fair|light|porcelain)\s+(?:skin|complexion)"
+        r"|skin\s+is\s+(?:\w+\s+)?(?:pale|fair)"
+        r"|pale",
+        True,
+        True,
+    ),
+    (
+        "Pointy_Nose",
+        r"(?:pointy|pointed|sharp)\s+nose"
+        r"|nose\s+is\s+(?:\w+\s+)?(?:pointy|pointed)",
+        True,
+        True,
+    ),
+    (
+        "Receding_Hairline",
+        r"receding\s+hair[\s-]?line|hair[\s-]?line\s+(?:is\s+)?receding"
+        r"|balding",
+        True,
+        True,
+    ),
+    (
+        "Rosy_Cheeks",
+        r"(?:rosy|flushed|red|reddish|pink|pinkish)\s+cheeks"
+        r"|cheeks\s+are\s+(?:\w+\s+)?(?:rosy|flushed|pink)",
+        True,
+        True,
+    ),
+    ("Sideburns", r"sideburns", True, True),
+    ("Smiling", r"smil(?:e|es|ing)|grin(?:s|ning)?", True, True),
+    (
+        "Straight_Hair",
+        r"straight(?:[\s,-]+[a-z]+){0,2}?[\s,-]+hair"
+        r"|hair\s+is\s+(?:\w+\s+){0,3}?straight",
+        True,
+        True,
+    ),
+    (
+        "Wavy_Hair",
+        r"(?:wavy|curly)(?:[\s,-]+[a-z]+){0,2}?[\s,-]+hair"
+        r"|hair\s+is\s+(?:\w+\s+){0,3}?(?:wavy|curly)"
+        r"|curls|waves",
+        True,
+        True,
+    ),
+    ("Wearing_Earrings", r"earrings?", True, True),
+    ("Wearing_Hat", r"hat|cap|beanie|fedora|headwear|beret", True, True),
+    ("Wearing_Lipstick", r"lipstick|lip\s+gloss|lip\s+colou?r|painted\s+lips", True, True),
+    ("Wearing_Necklace", r"necklace|pendant", True, True),
+    ("Wearing_Necktie", r"necktie|neck\s+tie|bow\s+tie|tie", True, True),
+    ("Young", r"young|youthful|teenager|teen|adolescent|child|kid|youth|boy|girl", True, True),
+    (
+        "Young",
+        r"(?<!years\s)(?<!year-)(?<!years-)old"
+        r"|elderly|older|senior|middle[\s-]aged"
+        r"|mature|aging|ageing",
+        False,
+        True,
+    ),
+]  # fmt: skip
+
+_ATTRIBUTE_RES = [
+    (name, re.compile(rf"\b(?:{pattern})\b"), says_present, negatable)
+    for name, pattern, says_present, negatable in _ATTRIBUTE_RULES
+]
+
+
+def parse_attributes(text: str) -> AttributesResult | None:
+    """CelebA attributes the description asserts or denies; None when it names none.
+
+    Synonyms map to CelebA names ("spectacles" → Eyeglasses, "he" → Male, "without a
+    beard" → No_Beard present). Negation is scoped to its clause within one sentence.
+    The first mention of an attribute decides it; lists come back in CelebA order.
+    """
+    decided: dict[str, tuple[int, bool]] = {}
+    offset = 0
+    for sentence in _sentences(text):
+        claimed: dict[str, list[tuple[int, int]]] = {}
+        for name, regex, says_present, negatable in _ATTRIBUTE_RES:
+            spans = claimed.setdefault(name, [])
+            for match in regex.finditer(sentence):
+                # Another rule of this attribute already read these words ("no makeup").
+                if any(s < match.end() and match.start() < e for s, e in spans):
+                    continue
+                spans.append((match.start(), match.end()))
+                negated = negatable and _is_negated(sentence, match.start(), match.end())
+                position = offset + match.start()
+                if name not in decided or position < decided[name][0]:
+                    decided[name] = (position, says_present != negated)
+        offset += len(sentence) + 1
+    if not decided:
+        return None
+    present = [name for name in CELEBA_ATTRIBUTES if decided.get(name, (0, False))[1]]
+    absent = [name for name in CELEBA_ATTRIBUTES if name in decided and not decided[name][1]]
+    return AttributesResult(present=present, absent=absent)
+
+
+# ---- action units --------------------------------------------------------------------
+
+FACS_ACTION_UNITS: dict[int, str] = {
+    1: "Inner Brow Raiser", 2: "Outer Brow Raiser", 4: "Brow Lowerer", 5: "Upper Lid Raiser",
+    6: "Cheek Raiser", 7: "Lid Tightener", 8: "Lips Toward Each Other", 9: "Nose Wrinkler",
+    10: "Upper Lip Raiser", 11: "Nasolabial Deepener", 12: "Lip Corner Puller",
+    13: "Cheek Puffer", 14: "Dimpler", 15: "Lip Corner Depressor", 16: "Lower Lip Depressor",
+    17: "Chin Raiser", 18: "Lip Puckerer", 19: "Tongue Show", 20: "Lip Stretcher",
+    21: "Neck Tightener", 22: "Lip Funneler", 23: "Lip Tightener", 24: "Lip Pressor",
+    25: "Lips Part", 26: "Jaw Drop", 27: "Mouth Stretch", 28: "Lip Suck",
+    29: "Jaw Thrust", 30: "Jaw Sideways", 31: "Jaw Clencher", 32: "Lip Bite",
+    33: "Cheek Blow", 34: "Cheek Puff", 35: "Cheek Suck", 36: "Tongue Bulge", 37: "Lip Wipe",
+    38: "Nostril Dilator", 39: "Nostril Compressor", 41: "Lid Droop", 42: "Slit",
+    43: "Eyes Closed", 44: "Squint", 45: "Blink", 46: "Wink",
+}  # fmt: skip
+"""Canonical FACS names of the action units 1–46 (3 and 40 are not defined)."""
+
+# Name variants the model writes ("lip corner pull", "brow lowering", "lips parted").
+_AU_EXTRA_NAMES: dict[int, list[str]] = {
+    1: ["inner brows? rais(?:e|es|ed|ing)", "raised inner brows?"],
+    2: ["outer brows? rais(?:e|es|ed|ing)", "raised outer brows?"],
+    4: ["brows? lower(?:ing|ed)?", "brow furrow(?:er|ing)?", "lowered brows?"],
+    5: ["upper lids? rais(?:e|es|ed|ing)"],
+    6: ["cheeks? rais(?:e|es|ed|ing)"],
+    7: ["lids? tighten(?:ing|ed)?"],
+    9: ["nose wrinkl(?:e|es|ed|ing)"],
+    10: ["upper lip rais(?:e|es|ed|ing)"],
+    12: ["lip corners? pull(?:s|ed|ing)?", "lip corners? puller"],
+    15: ["lip corners? depress(?:ed|ing|ion)?", "lip corners? depressor"],
+    17: ["chin rais(?:e|es|ed|ing)"],
+    20: ["lips? stretch(?:ed|ing)?"],
+    23: ["lips? tighten(?:ed|ing)?"],
+    24: ["lips? press(?:ed|ing|or)?"],
+    25: ["lips? part(?:s|ed|ing)?", "parted lips"],
+    26: ["jaw drop(?:s|ped|ping)?", "dropped jaw"],
+    27: ["mouth stretch(?:ed|ing)?"],
+    28: ["lips? suck(?:ed|ing)?"],
+    43: ["eyes? clos(?:e|ed|ure)"],
+}
+
+
+def _au_name_regex(number: int) -> str:
+    names = [FACS_ACTION_UNITS[number].lower(), *_AU_EXTRA_NAMES.get(number, [])]
+    variants = []
+    for name in names:
+        words = name.split()
+        # The canonical "-er" noun also matches the plain verb: "cheek raise(r)".
+        if words[-1].endswith("er") and "(" not in name:
+            words[-1] = words[-1] + "?"
+        variants.append(r"[\s-]+".join(words))
+    return r"\b(?:" + _alternation(variants) + r")\b"
+
+
+_AU_NAME_RE = re.compile("|".join(f"(?P<au{n}>{_au_name_regex(n)})" for n in FACS_ACTION_UNITS))
+# "AU6", "AU 12B", "AU-4", "AUs 1, 2 and 4", "action units 6 and 12", "AU1+2".
+_AU_NUMBERS_RE = re.compile(
+    r"\b(?:aus?|action\s+units?)\s*[-#:]?\s*(?P<first>\d{1,2})[a-e]?\b"
+    r"(?P<more>(?:\s*(?:,|\+|/|&|\band\b|\bor\b|,\s*and\b)\s*(?:aus?\s*-?\s*)?\d{1,2}[a-e]?\b)*)"
+)
+_NO_UNITS_RE = re.compile(
+    r"\bno\s+(?:active\s+|facial\s+|visible\s+)*action\s+units?\b|\bnone\s+of\s+the\s+action\s+units"
+)
+
+
+def parse_action_units(text: str) -> ActionUnitsResult | None:
+    """The FACS action units named as active, sorted and unique; None when none is named.
+
+    Numbers ("AU6", "AUs 1, 2 and 4") and names ("lip corner puller") both count; a
+    negated mention ("AU4 is not active", "no brow lowerer") does not. An explicit "no
+    action units are active" gives an empty list.
+    """
+    active: set[int] = set()
+    explicit_none = False
+    for sentence in _sentences(text):
+        if _NO_UNITS_RE.search(sentence):
+            explicit_none = True
+        for match in _AU_NUMBERS_RE.finditer(sentence):
+            numbers = [int(match.group("first"))]
+            numbers += [int(n) for n in re.findall(r"(\d{1,2})[a-e]?\b", match.group("more"))]
+            if not _is_negated(sentence, match.start(), match.end()):
+                active.update(n for n in numbers if n in FACS_ACTION_UNITS)
+        for match in _AU_NAME_RE.finditer(sentence):
+            if match.lastgroup and not _is_negated(sentence, match.start(), match.end()):
+                active.add(int(match.lastgroup.removeprefix("au")))
+    if not active and not explicit_none:
+        return None
+    units = [ActionUnit(number=n, name=FACS_ACTION_UNITS[n]) for n in sorted(active)]
+    return ActionUnitsResult(units=units)
+
+
+# ---- dispatch ------------------------------------------------------------------------
+
+_PARSERS = {
+    Task.EMOTION: parse_emotion,
+    Task.AGE: parse_age,
+    Task.ATTRIBUTES: parse_attributes,
+    Task.ACTION_UNITS: parse_action_units,
+}
+
+
+def parse_answer(task: Task, text: str) -> TaskResult | None:
+    """Parse one answer text for `task`; None when the text cannot be parsed."""
+    if not text or not text.strip():
+        return None
+    return _PARSERS[Task(task)](text)
