@@ -1,0 +1,374 @@
+"""Kubernetes manifests: both overlays build, validate offline, and agree with the worker."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+
+from tests.k8s_build import Manifest, build, pod_containers, pod_spec
+from tests.settings_env import settings_env_keys
+from worker.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+OVERLAYS = ("dev", "prod")
+SECRET_ENV = {"FACESTREAM_KAFKA__SASL_PASSWORD", "FACESTREAM_REDIS__URL"}
+CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject"}
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Manifest]]:
+    return request.param, build(REPO / "k8s" / "overlays" / request.param)
+
+
+def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    found = [m for m in manifests if m["kind"] == kind and name in (None, m["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def worker(manifests: list[Manifest]) -> dict[str, Any]:
+    deployment = one(manifests, "Deployment", "facestream-worker")
+    return next(c for c in pod_spec(deployment)["containers"] if c["name"] == "worker")
+
+
+def config_data(manifests: list[Manifest]) -> dict[str, str]:
+    return one(manifests, "ConfigMap", "facestream-settings")["data"]
+
+
+def _normalised(value: Any) -> Any:
+    """Named lists sorted by name: kustomize and our builder order merged env differently."""
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_normalised(v) for v in value]
+        if items and all(isinstance(i, dict) and "name" in i for i in items):
+            items.sort(key=lambda i: i["name"])
+        return items
+    return value
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_python_build_matches_kubectl_kustomize(name: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: only the Python build is checked")
+    run = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "k8s" / "overlays" / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    real = [d for d in yaml.safe_load_all(run.stdout) if d]
+
+    def key(m: Manifest) -> tuple[str, str]:
+        return m["kind"], m["metadata"]["name"]
+
+    ours = build(REPO / "k8s" / "overlays" / name)
+    assert _normalised(sorted(ours, key=key)) == _normalised(sorted(real, key=key))
+
+
+def test_overlay_has_every_piece(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    kinds = {m["kind"] for m in manifests}
+    assert {
+        "Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Deployment",
+        "PodDisruptionBudget", "Service", "ServiceMonitor", "ScaledObject", "Job",
+    } <= kinds  # fmt: skip
+    namespaced = [m for m in manifests if m["kind"] != "Namespace"]
+    assert {m["metadata"].get("namespace") for m in namespaced} == {"facestream"}
+
+
+SUPPORTED_VERSIONS = sorted(
+    {v for v in all_versions() if tuple(map(int, v.split(".")[:2])) >= (1, 29)},
+    key=lambda v: tuple(map(int, v.split("."))),
+)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_builtin_manifests_validate_strictly(version: str) -> None:
+    for name in OVERLAYS:
+        for manifest in build(REPO / "k8s" / "overlays" / name):
+            if manifest["kind"] in CUSTOM_KINDS:
+                continue
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name} {manifest['kind']} on {version}: {exc.message}")
+
+
+def test_validator_covers_kubernetes_129_and_newer() -> None:
+    versions = [tuple(map(int, v.split(".")[:2])) for v in all_versions()]
+    assert (1, 29) in versions and max(versions) >= (1, 33)
+
+
+def test_servicemonitor_scrapes_metrics_on_the_worker_port(
+    overlay: tuple[str, list[Manifest]],
+) -> None:
+    _, manifests = overlay
+    monitor = one(manifests, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = one(manifests, "Service", "facestream-worker")
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    container_ports = {p["name"]: p["containerPort"] for p in worker(manifests)["ports"]}
+    assert container_ports[port["targetPort"]] == int(
+        config_data(manifests)["FACESTREAM_HTTP__PORT"]
+    )
+    pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def exported_metric_names() -> set[str]:
+    from worker.metrics import Metrics
+
+    return {metric.name for metric in Metrics().registry.collect()}
+
+
+def test_autoscaler_uses_worker_load_metrics_within_partition_count(
+    overlay: tuple[str, list[Manifest]],
+) -> None:
+    _, manifests = overlay
+    scaled = one(manifests, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "facestream-worker"
+    }  # fmt: skip
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    # KEDA owns the replica count; a fixed one would be reset on every apply.
+    assert "replicas" not in one(manifests, "Deployment")["spec"]
+    job = one(manifests, "Job", "facestream-kafka-topics")
+    job_env = {e["name"]: e.get("value") for c in pod_containers(job) for e in c.get("env", [])}
+    assert spec["maxReplicaCount"] <= int(job_env["TOPIC_PARTITIONS"])
+    exported = exported_metric_names()
+    queried = set()
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "prometheus"
+        meta = trigger["metadata"]
+        assert set(meta) >= {"serverAddress", "query", "threshold"}
+        assert float(meta["threshold"]) > 0
+        assert "lag" not in meta["query"].lower()
+        queried |= set(re.findall(r"facestream_[a-z_]+", meta["query"]))
+    assert {"facestream_active_tracks", "facestream_queue_depth"} <= queried
+    assert queried <= exported, queried - exported
+
+
+def test_every_facestream_key_is_a_settings_field(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    known = settings_env_keys()
+    used = {k for k in config_data(manifests) if k.startswith("FACESTREAM")}
+    for manifest in manifests:
+        for container in pod_containers(manifest):
+            used |= {
+                e["name"] for e in container.get("env", []) if e["name"].startswith("FACESTREAM")
+            }
+    assert used <= known, used - known
+
+
+def test_configmap_and_secrets_load_into_settings(
+    overlay: tuple[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, manifests = overlay
+    import os
+
+    for key in [k for k in os.environ if k.startswith("FACESTREAM_")]:
+        monkeypatch.delenv(key)
+    for key, value in config_data(manifests).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FACESTREAM_KAFKA__SASL_PASSWORD", "secret")
+    monkeypatch.setenv("FACESTREAM_REDIS__URL", "redis://:secret@redis:6379/0")
+    settings = Settings()
+    assert settings.kafka.topic == "facestream.streams"
+    assert settings.model.hf_offline is True
+
+
+def test_credentials_come_only_from_the_secret(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    assert not SECRET_ENV & set(config_data(manifests))
+    env = {e["name"]: e for e in worker(manifests)["env"]}
+    for name in SECRET_ENV:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "facestream-credentials"
+
+
+def test_probes_hit_the_paths_and_port_the_worker_serves(
+    overlay: tuple[str, list[Manifest]],
+) -> None:
+    _, manifests = overlay
+    container = worker(manifests)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    port = int(config_data(manifests)["FACESTREAM_HTTP__PORT"])
+    probes = {
+        kind: container[kind]["httpGet"]
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    assert probes["startupProbe"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    for probe in probes.values():
+        assert ports.get(probe["port"], probe["port"]) == port
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+
+
+def test_worker_health_server_answers_every_probe_path() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from worker.health import HealthServer
+
+    server = HealthServer(
+        "127.0.0.1", 0, CollectorRegistry(), alive=lambda: (True, "ok"), ready=lambda: (True, "ok")
+    )
+    server.start()
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as r:
+                assert r.status == 200, path
+    finally:
+        server.stop()
+
+
+def test_termination_grace_covers_the_worker_grace(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    grace_s = float(
+        config_data(manifests).get("FACESTREAM_GRACE_S", Settings.model_fields["grace_s"].default)
+    )
+    pod = pod_spec(one(manifests, "Deployment"))
+    assert pod["terminationGracePeriodSeconds"] >= grace_s + 10
+
+
+def test_pod_is_locked_down(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    pod = pod_spec(one(manifests, "Deployment"))
+    # Service links would add FACESTREAM_* variables that are not settings.
+    assert pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["serviceAccountName"] == one(manifests, "ServiceAccount")["metadata"]["name"]
+    for container in pod_containers(one(manifests, "Deployment")):
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert "memory" in container["resources"]["limits"]
+
+
+def test_prod_worker_gets_one_gpu_on_gpu_nodes() -> None:
+    manifests = build(REPO / "k8s" / "overlays" / "prod")
+    pod = pod_spec(one(manifests, "Deployment"))
+    resources = worker(manifests)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1
+    assert resources["requests"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"]
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert config_data(manifests)["FACESTREAM_MODEL__DEVICE"] == "cuda"
+    pvc = one(manifests, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_dev_worker_runs_on_cpu_with_the_tiny_model() -> None:
+    manifests = build(REPO / "k8s" / "overlays" / "dev")
+    pod = pod_spec(one(manifests, "Deployment"))
+    assert "nvidia.com/gpu" not in json.dumps(pod)
+    data = config_data(manifests)
+    assert data["FACESTREAM_MODEL__DEVICE"] == "cpu"
+    assert "tiny" in data["FACESTREAM_MODEL__MODEL"]
+
+
+def test_pdb_selects_the_worker_pods(overlay: tuple[str, list[Manifest]]) -> None:
+    _, manifests = overlay
+    pdb = one(manifests, "PodDisruptionBudget")
+    pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_topics_job_creates_compacted_assignments_and_a_dlq(
+    overlay: tuple[str, list[Manifest]],
+) -> None:
+    _, manifests = overlay
+    job = one(manifests, "Job", "facestream-kafka-topics")
+    (container,) = pod_containers(job)
+    script = " ".join(container["args"])
+    assert "kafka-topics.sh" in script
+    assert '--topic "$FACESTREAM_KAFKA__TOPIC"' in script
+    assert '--topic "$FACESTREAM_KAFKA__DLQ_TOPIC"' in script
+    assert "cleanup.policy=compact" in script
+    assert "--if-not-exists" in script
+    assert container["envFrom"] == [{"configMapRef": {"name": "facestream-settings"}}]
+
+
+def test_weights_are_fetched_into_the_shared_volume_by_an_init_container(
+    overlay: tuple[str, list[Manifest]],
+) -> None:
+    _, manifests = overlay
+    pod = pod_spec(one(manifests, "Deployment"))
+    (init,) = pod["initContainers"]
+    assert init["command"][-1] == "/opt/facestream/fetch_weights.py"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    pvc_name = one(manifests, "PersistentVolumeClaim")["metadata"]["name"]
+    cache = next(n for n, v in volumes.items() if v.get("persistentVolumeClaim"))
+    assert volumes[cache]["persistentVolumeClaim"]["claimName"] == pvc_name
+    for container in (init, worker(manifests)):
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts[cache] == "/models"  # the image's HF_HOME=/models/hf lives there
+
+
+def load_fetch_weights():
+    spec = importlib.util.spec_from_file_location("fetch_weights", REPO / "deploy/fetch_weights.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fetch_weights_fills_the_cache_once_then_skips(
+    testdata: Path, mnet_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = testdata / "facellava-tiny"
+    if not (tiny / "checkpoint" / "config.json").is_file():
+        pytest.skip(f"tiny checkpoint not found under {tiny}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("FACESTREAM_MODEL__MODEL", str(tiny / "checkpoint"))
+    monkeypatch.setenv("FACESTREAM_DETECTOR__WEIGHTS", str(mnet_weights))
+    fetch = load_fetch_weights()
+    asked: list[str] = []
+
+    def snapshot(repo_id: str) -> Path:
+        asked.append(repo_id)
+        return tmp_path / repo_id
+
+    assert fetch.main([], snapshot=snapshot) == 0
+    # The towers the checkpoint's config names were fetched; the local checkpoint was not.
+    assert asked == ["LanguageBind/LanguageBind_Image", "LanguageBind/LanguageBind_Video_merge"]
+    markers = list((tmp_path / "hf" / fetch.MARKER_DIR).glob("*.json"))
+    assert len(markers) == 1
+    assert not (tmp_path / "hf" / fetch.MARKER_DIR / "lock").exists()
+
+    def no_network(repo_id: str) -> Path:
+        raise AssertionError(f"second pod downloaded {repo_id}")
+
+    assert fetch.main([], snapshot=no_network) == 0
+
+
+def test_fetch_weights_explains_a_missing_local_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("FACESTREAM_MODEL__MODEL", str(tmp_path / "missing"))
+    fetch = load_fetch_weights()
+    assert fetch.main([]) == 1
+    assert "kubectl cp" in capsys.readouterr().err
