@@ -1,7 +1,364 @@
-"""PLACEHOLDER: `bench_model` command, being written now."""
+"""`facestream bench model`: Face-LLaVA throughput, batched engine vs one request at a time.
+
+Two workloads per batch size B: `emotion` (B clips, one question each) and `4 tasks`
+(B faces: emotion on the clip + age, attributes and action units on an image). Each is
+run through `GenerationEngine` (batched tower, shared prefix prefill, batched decode) and,
+in the same run, as the authors' loop does it (`greedy_generate`: one visual and one
+question per call). Clips/s counts faces; tokens/s counts generated tokens.
+
+`--config 7b` builds the real shapes (Vicuna-7B + ViT-L/14 towers at 224 px, 8 frames)
+with random weights, for GPU machines; `--config tiny` uses the test fixture's sizes,
+with the fixture's weights or random ones. Random weights ignore `</s>` and always make
+`--max-new-tokens` tokens, so timings compare like with like.
+"""
+
+from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.commands.facellava_common import add_model_arguments
+
+if TYPE_CHECKING:
+    from models.facellava.modeling import FaceLlavaConfig
+
+H100_DENSE_BF16_FLOPS = 800e12
+"""Usable dense bf16 matmul rate of one H100 assumed by the facts page's roofline."""
+CROP_PX = 256
+"""The authors' face-crop size: synthetic inputs have it, as real crops do."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("model", help="(not written yet)")
+    """Add the `bench model` sub-command (under `facestream bench`)."""
+    parser = sub.add_parser(
+        "model", help="Face-LLaVA throughput: batched engine vs one request at a time."
+    )
+    parser.add_argument("--config", choices=("tiny", "7b"), default="tiny")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="Random weights (always for 7b unless --model is given); EOS is ignored.",
+    )
+    parser.add_argument("--batch-sizes", default="1,2,4,8", help="Comma-separated list.")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="Folder with tokenizer.model for random weights (default: --model, else the "
+        "tiny fixture's checkpoint under FACESTREAM_TESTDATA).",
+    )
+    parser.add_argument(
+        "--no-single", action="store_true", help="Skip the one-request-at-a-time baseline."
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Time each cell this many times; keep the fastest."
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU: torch intra-op threads (default: torch's)."
+    )
+    add_model_arguments(
+        parser,
+        model_help="Checkpoint to load (default for tiny: the fixture checkpoint; "
+        "7b: random weights).",
+    )
+    parser.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------
+# Model shapes
+# ---------------------------------------------------------------------------------------
+
+
+def shape_config(name: str) -> FaceLlavaConfig:
+    """Face-LLaVA configuration of the real model (`7b`) or of the test fixture (`tiny`)."""
+    from models.facellava.modeling import FaceLlavaConfig, TowerConfig
+
+    if name == "7b":
+        llm: dict[str, Any] = {
+            "vocab_size": 32000,
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+        }
+        tower = {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+        }
+    else:
+        llm = {
+            "vocab_size": 480,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+        }
+        tower = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        }
+    llm |= {
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+    }
+    return FaceLlavaConfig(
+        llm=llm,
+        image_tower=TowerConfig(**tower, hidden_act="gelu"),
+        video_tower=TowerConfig(**tower, hidden_act="gelu", add_time_attn=True, num_frames=8),
+        mm_hidden_size=tower["hidden_size"],
+        projector_type="mlp2x_gelu",
+        select_layer=-2,
+    )
+
+
+def random_model(config: FaceLlavaConfig, dtype: str, device: str, attn: str, seed: int):
+    """The model with random weights (norm scales 1, the rest N(0, 0.02)), built on device."""
+    import torch
+
+    from models.facellava.checkpoint import DTYPES, build_empty_model
+
+    model = build_empty_model(config, DTYPES[dtype], device, attn)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1 and "norm" in name and name.endswith("weight"):
+                parameter.fill_(1.0)
+            elif parameter.dim() == 1:
+                parameter.zero_()
+            else:
+                parameter.normal_(0.0, 0.02, generator=generator)
+    return model
+
+
+def _fixture_checkpoint() -> Path:
+    root = Path(os.environ.get("FACESTREAM_TESTDATA", Path.cwd().parent / "shared" / "testdata"))
+    return root / "facellava-tiny" / "checkpoint"
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _workloads(batch: int, rng, num_frames: int) -> dict[str, list]:
+    """Per workload, the engine requests for `batch` synthetic faces."""
+    from models.facellava.answers import Task
+    from models.facellava.engine import GenerationRequest
+
+    clips = [
+        rng.integers(0, 256, (num_frames, CROP_PX, CROP_PX, 3), dtype="uint8") for _ in range(batch)
+    ]
+    images = [rng.integers(0, 256, (CROP_PX, CROP_PX, 3), dtype="uint8") for _ in range(batch)]
+    emotion = [
+        GenerationRequest.for_tasks(f"c{i}", clip, [Task.EMOTION]) for i, clip in enumerate(clips)
+    ]
+    image_tasks = [Task.AGE, Task.ATTRIBUTES, Task.ACTION_UNITS]
+    four = emotion + [
+        GenerationRequest.for_tasks(f"i{i}", image, image_tasks) for i, image in enumerate(images)
+    ]
+    return {"emotion": emotion, "4 tasks": four}
+
+
+def _time_engine(engine, requests, device: str) -> tuple[float, int]:
+    before = engine.counters.tokens_generated
+    _sync(device)
+    start = time.perf_counter()
+    engine.generate(requests)
+    _sync(device)
+    return time.perf_counter() - start, engine.counters.tokens_generated - before
+
+
+def _time_single(model, tokenizer, requests, device: str, **kwargs) -> tuple[float, int]:
+    from models.facellava.engine import greedy_generate
+
+    tokens = 0
+    _sync(device)
+    start = time.perf_counter()
+    for request in requests:
+        for question in request.questions:
+            answer = greedy_generate(model, tokenizer, request.visual, question.text, **kwargs)
+            tokens += len(answer.token_ids)
+    _sync(device)
+    return time.perf_counter() - start, tokens
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build or load the model, run both workloads at every batch size, print the table."""
+    import numpy as np
+    import torch
+
+    from models.facellava.engine import GenerationEngine
+    from models.facellava.prompts import PromptTokenizer
+    from worker.commands.facellava_common import (
+        load_for_cli,
+        model_options,
+        resolve_device,
+        resolve_dtype,
+    )
+    from worker.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
+    except ValueError:
+        print(f"--batch-sizes must be integers, got {args.batch_sizes!r}", file=sys.stderr)
+        return 2
+    if not batch_sizes or min(batch_sizes) < 1:
+        print("--batch-sizes needs positive integers", file=sys.stderr)
+        return 2
+    options = model_options(args)
+    device = resolve_device(options.device)
+    if args.config == "7b" and device == "cpu":
+        print(
+            "bench model --config 7b needs a CUDA device; use --config tiny on CPU", file=sys.stderr
+        )
+        return 2
+    random_weights = args.random_weights or (args.config == "7b" and args.model is None)
+    if args.config == "tiny" and args.model is None:
+        args.model = str(_fixture_checkpoint())
+    if not random_weights:
+        loaded, options, device = load_for_cli(args)
+        model, tokenizer, eos = loaded.model, loaded.tokenizer, loaded.eos_token_id
+        weights = f"checkpoint {options.model}"
+    else:
+        dtype = resolve_dtype(args, options, device)
+        options = options.model_copy(update={"dtype": dtype})
+        tokenizer_dir = args.tokenizer or args.model or str(_fixture_checkpoint())
+        tokenizer = PromptTokenizer(tokenizer_dir)
+        model = random_model(
+            shape_config(args.config), dtype, device, options.attn_implementation, args.seed
+        )
+        eos = tokenizer.eos_id
+        weights = f"random (seed {args.seed}), tokenizer {tokenizer.path}"
+    torch.manual_seed(args.seed)
+    new_tokens = options.max_new_tokens
+    engine = GenerationEngine(
+        model,
+        tokenizer,
+        max_new_tokens=new_tokens,
+        max_batch_clips=max(batch_sizes),
+        ignore_eos=random_weights,
+        eos_token_id=eos,
+    )
+    single_kwargs = {
+        "max_new_tokens": new_tokens,
+        "ignore_eos": random_weights,
+        "eos_token_id": eos,
+    }
+    num_frames = model.config.video_tower.num_frames
+    rng = np.random.default_rng(args.seed)
+
+    print(f"# facestream bench model: config {args.config}, weights {weights}")
+    print(
+        f"# device {device} ({_device_name(device)}), dtype {options.dtype}, "
+        f"attention {model.attn_implementation}, max_new_tokens {new_tokens}, "
+        f"fastest of {max(1, args.repeats)} run(s) per cell"
+    )
+    if random_weights:
+        print(f"# random weights: EOS ignored, every answer is exactly {new_tokens} tokens")
+    else:
+        print("# real weights: answers stop at </s> (token counts may differ per answer)")
+    # Warm-up: kernels, allocator, lazy buffers.
+    warm = _workloads(1, rng, num_frames)["4 tasks"]
+    engine.generate(warm)
+    if not args.no_single:
+        _time_single(model, tokenizer, warm[:1], device, **single_kwargs)
+
+    header = (
+        f"{'workload':<9} {'batch':>5} | {'engine s':>9} {'clips/s':>8} {'tok/s':>9} | "
+        f"{'single s':>9} {'clips/s':>8} {'tok/s':>9} | {'speedup':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    emotion_rates: dict[int, float] = {}
+    for workload in ("emotion", "4 tasks"):
+        for batch in batch_sizes:
+            requests = _workloads(batch, rng, num_frames)[workload]
+            engine_s, engine_tokens = min(
+                _time_engine(engine, requests, device) for _ in range(max(1, args.repeats))
+            )
+            line = (
+                f"{workload:<9} {batch:>5} | {engine_s:>9.3f} {batch / engine_s:>8.2f} "
+                f"{engine_tokens / engine_s:>9.1f} | "
+            )
+            if workload == "emotion":
+                emotion_rates[batch] = batch / engine_s
+            if args.no_single:
+                line += f"{'-':>9} {'-':>8} {'-':>9} | {'-':>7}"
+            else:
+                single_s, single_tokens = min(
+                    _time_single(model, tokenizer, requests, device, **single_kwargs)
+                    for _ in range(max(1, args.repeats))
+                )
+                line += (
+                    f"{single_s:>9.3f} {batch / single_s:>8.2f} {single_tokens / single_s:>9.1f}"
+                    f" | {single_s / engine_s:>6.2f}x"
+                )
+            print(line, flush=True)
+    counters = engine.counters
+    print(
+        f"# engine totals: {counters.requests} requests, {counters.questions} questions, "
+        f"{counters.prefill_tokens} prefill tokens, {counters.tokens_generated} generated tokens"
+    )
+    if device.startswith("cuda"):
+        _print_roofline(model, tokenizer, emotion_rates)
+    return 0
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{torch.get_num_threads()} CPU threads"
+
+
+def _print_roofline(model, tokenizer, emotion_rates: dict[int, float]) -> None:
+    """Emotion clips/s against the prefill compute bound of one H100 (facts page)."""
+    from models.facellava.answers import Task
+    from models.facellava.prompts import DEFAULT_QUESTIONS, IMAGE_TOKEN_INDEX
+
+    ids = tokenizer.encode_question(DEFAULT_QUESTIONS[Task.EMOTION], "video").input_ids
+    frames = model.config.video_tower
+    visual_tokens = frames.num_frames * (frames.num_patches + 1)
+    prompt_tokens = len(ids) - ids.count(IMAGE_TOKEN_INDEX) + visual_tokens
+    llm_params = sum(p.numel() for p in model.language_model.parameters())
+    flops_per_clip = 2 * llm_params * prompt_tokens
+    bound = H100_DENSE_BF16_FLOPS / flops_per_clip
+    print(
+        f"# prefill roofline: {prompt_tokens} prompt tokens x 2 x {llm_params / 1e9:.2f}e9 "
+        f"params = {flops_per_clip / 1e12:.1f} TFLOP/clip -> at most {bound:.1f} clips/s "
+        f"at {H100_DENSE_BF16_FLOPS / 1e12:.0f} TFLOP/s (one H100)"
+    )
+    for batch, rate in sorted(emotion_rates.items()):
+        print(
+            f"#   emotion batch {batch}: {rate:.2f} clips/s = {100 * rate / bound:.0f}% of roofline"
+        )

@@ -1,0 +1,102 @@
+"""`facestream ask` on the tiny fixture: a real clip and a face image, offline towers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from models.facellava.answers import Task
+from models.facellava.checkpoint import LoadedModel, load_model
+from models.facellava.engine import greedy_generate
+from models.facellava.prompts import DEFAULT_QUESTIONS
+from worker.cli import main
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def tiny(testdata: Path) -> Path:
+    return testdata / "facellava-tiny"
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny: Path) -> LoadedModel:
+    return load_model(
+        tiny / "checkpoint", dtype="float32", cache_dir=tiny / "hf_cache", offline=True
+    )
+
+
+def _frames(tiny: Path, name: str) -> torch.Tensor:
+    return torch.load(tiny / "reference" / "preprocess" / name, weights_only=True)
+
+
+def test_ask_on_the_example_clip_prints_the_answer_of_its_eight_linspace_frames(
+    testdata, tiny, loaded
+):
+    clip = testdata / "videos" / "facellava_facial_expr_example_1.mp4"
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tiny / "hf_cache"),
+        "HF_HUB_OFFLINE": "1",
+        "FACESTREAM_MODEL__MODEL": str(tiny / "checkpoint"),
+    }
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "worker.cli", "ask", str(clip), "--task", "emotion"),
+            *("--device", "cpu", "--max-new-tokens", "8"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    output = json.loads(completed.stdout)
+    # The authors' frames of this clip (indices linspace(0, 59, 8)) are in the fixture.
+    expected = greedy_generate(
+        loaded.model,
+        loaded.tokenizer,
+        _frames(tiny, "video_frames_uint8_THWC.pt").numpy(),
+        DEFAULT_QUESTIONS[Task.EMOTION],
+        max_new_tokens=8,
+    )
+    assert output["modality"] == "video" and output["frames_in_source"] == 60
+    assert output["question"] == DEFAULT_QUESTIONS[Task.EMOTION]
+    assert output["token_ids"] == list(expected.token_ids)
+    assert output["answer"] == expected.text
+    assert output["stop_reason"] == "length"
+    assert "result" in output  # random weights: the parser finds nothing, null
+
+
+def test_ask_on_a_face_image_with_own_question(tmp_path, tiny, loaded, capsys):
+    image = _frames(tiny, "image_rgb_uint8_HWC.pt").numpy()
+    path = tmp_path / "face.png"
+    Image.fromarray(image).save(path)
+    question = "How old is this person?"
+    status = main(
+        [
+            *("ask", str(path), "--task", "age", "--question", question),
+            *("--model", str(tiny / "checkpoint"), "--hf-cache", str(tiny / "hf_cache")),
+            *("--offline", "--device", "cpu", "--max-new-tokens", "6"),
+        ]
+    )
+    assert status == 0
+    output = json.loads(capsys.readouterr().out)
+    expected = greedy_generate(loaded.model, loaded.tokenizer, image, question, max_new_tokens=6)
+    assert output["modality"] == "image" and output["question"] == question
+    assert output["token_ids"] == list(expected.token_ids)
+    assert output["dtype"] == "float32"
+
+
+def test_ask_reports_a_missing_source(tmp_path, capsys):
+    status = main(["ask", str(tmp_path / "nope.mp4"), "--task", "emotion"])
+    assert status == 2
+    assert "no such file" in capsys.readouterr().err

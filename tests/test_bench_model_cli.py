@@ -1,0 +1,35 @@
+"""`facestream bench model` prints its table on the tiny shapes (CPU, random weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.cli import main
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_bench_model_tiny_prints_engine_and_single_rows(testdata: Path, capsys):
+    tokenizer = testdata / "facellava-tiny" / "checkpoint"
+    status = main(
+        [
+            *("bench", "model", "--config", "tiny", "--random-weights", "--device", "cpu"),
+            *("--batch-sizes", "1,2", "--max-new-tokens", "3", "--tokenizer", str(tokenizer)),
+        ]
+    )
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "EOS ignored, every answer is exactly 3 tokens" in out
+    rows = [line for line in out.splitlines() if line.startswith(("emotion", "4 tasks"))]
+    labels = [row.split("|")[0].split() for row in rows]
+    assert labels == [["emotion", "1"], ["emotion", "2"], ["4", "tasks", "1"], ["4", "tasks", "2"]]
+    assert all(row.rstrip().endswith("x") for row in rows)  # speed-up column filled
+    # Warm-up (1 + 3 questions) + 1 + 2 clips + 1 + 2 faces of 4 questions, 3 tokens each.
+    assert "19 questions" in out and "57 generated tokens" in out
+
+
+def test_bench_model_7b_refuses_cpu(capsys):
+    assert main(["bench", "model", "--config", "7b", "--device", "cpu"]) == 2
+    assert "CUDA" in capsys.readouterr().err
