@@ -1,0 +1,134 @@
+"""Face crops the Face-LLaVA way, and a quality score to pick a window's best crop.
+
+`facellava` mode reproduces the authors' cropping tool: a square of side (w + h) / 2
+whose top-left corner is the box's top-left corner (no margin), resized to S×S. The
+model was trained on such crops; other crops shift its inputs. `centered` mode cuts a
+square of side max(w, h)·(1 + 2·margin) centred on the box, for people who look at
+crops. Parts of the square outside the frame are black. Crops are RGB uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+CropMode = Literal["facellava", "centered"]
+
+# Quality weights (sum to 1) and scales; see `crop_quality`.
+_QUALITY_WEIGHTS = {"detector": 0.2, "size": 0.25, "frontal": 0.3, "sharpness": 0.25}
+_FULL_SIZE_PX = 112.0  # a face this tall or taller gets the full size score
+_SHARPNESS_HALF = 100.0  # variance of Laplacian that scores 0.5
+
+
+def crop_square_xyxy(
+    box_xyxy: np.ndarray | tuple[float, ...], mode: CropMode = "facellava", margin: float = 0.25
+) -> tuple[float, float, float]:
+    """The crop square for a face box, as (left_px, top_px, side_px) in frame pixels."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    if mode == "facellava":
+        return x1, y1, (w + h) / 2
+    if mode == "centered":
+        side = max(w, h) * (1 + 2 * margin)
+        return (x1 + x2) / 2 - side / 2, (y1 + y2) / 2 - side / 2, side
+    raise ValueError(f"unknown crop mode {mode!r}: use 'facellava' or 'centered'")
+
+
+def crop_face(
+    image_bgr: np.ndarray,
+    box_xyxy: np.ndarray | tuple[float, ...],
+    size_px: int = 256,
+    mode: CropMode = "facellava",
+    margin: float = 0.25,
+) -> np.ndarray:
+    """Cut one face from a BGR frame: (size_px, size_px, 3) uint8 RGB, black off-frame."""
+    left, top, side = crop_square_xyxy(box_xyxy, mode, margin)
+    x0, y0 = round(left), round(top)
+    side_px = max(round(side), 1)
+    x1, y1 = x0 + side_px, y0 + side_px
+    frame_h, frame_w = image_bgr.shape[:2]
+    # Intersection with the frame, then pad the rest with black.
+    ix0, iy0 = max(x0, 0), max(y0, 0)
+    ix1, iy1 = min(x1, frame_w), min(y1, frame_h)
+    if ix0 >= ix1 or iy0 >= iy1:
+        return np.zeros((size_px, size_px, 3), np.uint8)
+    square = image_bgr[iy0:iy1, ix0:ix1]
+    if (ix0, iy0, ix1, iy1) != (x0, y0, x1, y1):
+        square = cv2.copyMakeBorder(
+            square,
+            iy0 - y0,
+            y1 - iy1,
+            ix0 - x0,
+            x1 - ix1,
+            cv2.BORDER_CONSTANT,
+            value=(0, 0, 0),
+        )
+    interp = cv2.INTER_AREA if side_px > size_px else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (size_px, size_px), interpolation=interp)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class CropQuality:
+    """How good a crop is for the model, each part in [0, 1]; `score` is their weighted sum.
+
+    - `detector`: the detector's face score.
+    - `size`: face height / 112 px, capped at 1 (small faces are upscaled and blurry).
+    - `frontal`: 1 when the nose tip sits midway between the eyes and midway between the
+      mouth corners (measured along each pair's own axis, so head roll does not count),
+      falling linearly to 0 when it reaches one side (a profile).
+    - `sharpness`: v / (v + 100) with v the variance of the Laplacian of the grey crop.
+    Weights: detector 0.2, size 0.25, frontal 0.3, sharpness 0.25.
+    """
+
+    detector: float
+    size: float
+    frontal: float
+    sharpness: float
+
+    @property
+    def score(self) -> float:
+        return (
+            _QUALITY_WEIGHTS["detector"] * self.detector
+            + _QUALITY_WEIGHTS["size"] * self.size
+            + _QUALITY_WEIGHTS["frontal"] * self.frontal
+            + _QUALITY_WEIGHTS["sharpness"] * self.sharpness
+        )
+
+
+def frontalness(landmarks: np.ndarray) -> float:
+    """1 for a frontal face, 0 for a profile, from the 5 RetinaFace landmarks (see CropQuality)."""
+    left_eye, right_eye, nose, left_mouth, right_mouth = np.asarray(landmarks, np.float64)
+
+    def centred_on(a: np.ndarray, b: np.ndarray) -> float:
+        axis = b - a
+        length_sq = float(axis @ axis)
+        if length_sq < 1e-6:
+            return 0.0
+        t = float((nose - a) @ axis) / length_sq  # 0 at a, 1 at b
+        return float(np.clip(1.0 - 2.0 * abs(t - 0.5), 0.0, 1.0))
+
+    return 0.5 * (centred_on(left_eye, right_eye) + centred_on(left_mouth, right_mouth))
+
+
+def sharpness(crop_rgb: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey crop, squashed into [0, 1)."""
+    grey = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
+    variance = float(cv2.Laplacian(grey, cv2.CV_32F).var())
+    return variance / (variance + _SHARPNESS_HALF)
+
+
+def crop_quality(
+    crop_rgb: np.ndarray, box_xyxy: np.ndarray, detector_score: float, landmarks: np.ndarray
+) -> CropQuality:
+    """Score one crop for 'best image of the window' (see `CropQuality`)."""
+    height_px = float(box_xyxy[3] - box_xyxy[1])
+    return CropQuality(
+        detector=float(np.clip(detector_score, 0.0, 1.0)),
+        size=float(np.clip(height_px / _FULL_SIZE_PX, 0.0, 1.0)),
+        frontal=frontalness(landmarks),
+        sharpness=sharpness(crop_rgb),
+    )
