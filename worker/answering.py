@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,6 +20,9 @@ from models.facellava.options import ModelOptions
 from models.facellava.prompts import TASK_MODALITY
 from worker.events import FaceEvent, event_id_for
 from worker.scheduler import WindowJob
+
+if TYPE_CHECKING:
+    from models.facellava.checkpoint import LoadedModel
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +40,13 @@ class FaceAnswerer:
         """Load the checkpoint named by `options` and wrap it in an engine."""
         from models.facellava.checkpoint import load_from_options
 
-        loaded = load_from_options(options)
+        return cls.from_loaded(load_from_options(options), options, worker_id)
+
+    @classmethod
+    def from_loaded(
+        cls, loaded: LoadedModel, options: ModelOptions, worker_id: str
+    ) -> FaceAnswerer:
+        """Wrap an already loaded model in an engine with the options' generation knobs."""
         engine = GenerationEngine(
             loaded.model,
             loaded.tokenizer,

@@ -26,6 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from worker.commands.facellava_common import add_model_arguments
+
 if TYPE_CHECKING:
     from ingest.tracking import TrackRecord
     from ingest.windows import WindowRequests
@@ -60,6 +62,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-side", type=int, default=None, metavar="PX", help="Detector input.")
     parser.add_argument("--stream-id", default="analyze", help="stream_id in the records.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar on stderr.")
+    model = parser.add_argument_group(
+        "model stage",
+        "With --model (or --tasks), each window is answered by Face-LLaVA and "
+        'a FaceEvent record (`"type": "event"`) is written per task.',
+    )
+    model.add_argument(
+        "--tasks",
+        default=None,
+        help="Comma-separated: emotion,age,attributes,action_units (default emotion).",
+    )
+    add_model_arguments(model)
     parser.set_defaults(func=run)
 
 
@@ -76,13 +89,24 @@ def run(args: argparse.Namespace) -> int:
     except pydantic.ValidationError as exc:
         print(f"facestream analyze: invalid option: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        handler = model_stage(args)
+    except ValueError as exc:
+        print(f"facestream analyze: {exc}", file=sys.stderr)
+        return 2
     out: IO[str] = sys.stdout if args.out is None else args.out.open("w", encoding="utf-8")
     torch_threads = torch.get_num_threads()
     try:
         share_cpu_with_decoder(settings)
         return analyze(
-            settings, args.source, out, args.stream_id, args.save_clips, not args.no_progress
+            settings,
+            args.source,
+            out,
+            args.stream_id,
+            args.save_clips,
+            not args.no_progress,
+            handler,
         )
     finally:
         torch.set_num_threads(torch_threads)  # callers in the same process keep theirs
@@ -90,9 +114,28 @@ def run(args: argparse.Namespace) -> int:
             out.close()
 
 
-def model_stage(settings: Settings) -> WindowHandler | None:
-    """The Face-LLaVA stage for analyze; None until the model engineer plugs it in here."""
-    return None
+def model_stage(args: argparse.Namespace) -> WindowHandler | None:
+    """The Face-LLaVA stage when `--model` or `--tasks` is given: window → FaceEvent records."""
+    if args.model is None and args.tasks is None:
+        return None
+    from models.facellava.answers import Task
+    from worker.answering import FaceAnswerer
+    from worker.commands.facellava_common import load_for_cli
+    from worker.scheduler import WindowJob
+
+    names = (args.tasks or "emotion").split(",")
+    try:
+        tasks = tuple(Task(name.strip()) for name in names if name.strip())
+    except ValueError:
+        raise ValueError(f"--tasks: unknown task in {args.tasks!r}") from None
+    loaded, options, _device = load_for_cli(args)
+    answerer = FaceAnswerer.from_loaded(loaded, options, worker_id="analyze")
+
+    def answer(requests: WindowRequests) -> list[dict[str, Any]]:
+        events = answerer.answer([WindowJob(requests.clip, requests.image, tasks)])
+        return [{"type": "event", **event.model_dump(mode="json")} for event in events]
+
+    return answer
 
 
 def analyze(
@@ -102,6 +145,7 @@ def analyze(
     stream_id: str,
     save_clips: Path | None = None,
     progress: bool = True,
+    handler: WindowHandler | None = None,
 ) -> int:
     """Source → detector → tracker → windows, records to `out`; returns the exit status."""
     from tqdm import tqdm
@@ -121,7 +165,6 @@ def analyze(
         return 2
     sample_fps = settings.source.sample_fps
     pipeline = StreamPipeline(stream_id, sample_fps, settings.tracker, settings.windows)
-    handler = model_stage(settings)
     overview = OverviewWriter(save_clips, sample_fps) if save_clips is not None else None
     duration_s = _file_duration_s(source_url)
     bar = tqdm(
