@@ -22,11 +22,8 @@ class Detections:
 
     def __post_init__(self) -> None:
         n = self.xyxy.shape[0]
-        if self.xyxy.shape != (n, 4) or self.scores.shape != (n,) or self.landmarks.shape != (
-            n,
-            5,
-            2,
-        ):
+        expected = ((n, 4), (n,), (n, 5, 2))
+        if (self.xyxy.shape, self.scores.shape, self.landmarks.shape) != expected:
             raise ValueError(
                 "Detections arrays disagree: "
                 f"xyxy {self.xyxy.shape}, scores {self.scores.shape}, "

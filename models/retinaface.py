@@ -20,36 +20,14 @@ import numpy as np
 import structlog
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from models.detections import Detections
+from models.retinaface_options import DetectorOptions
 from models.weights import resolve_weights
 
 log = structlog.get_logger(__name__)
-
-
-class DetectorOptions(BaseModel):
-    """Which RetinaFace weights to run, where, and with which thresholds."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    weights: str = Field(
-        "py-feat/retinaface:mobilenet0.25_Final.pth",
-        description="Local .pth path, or hub REPO:FILE fetched once into the cache.",
-    )
-    weights_sha256: str | None = Field(None, description="Expected sha256 of the weights file.")
-    score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum face score kept.")
-    nms_threshold: float = Field(0.4, gt=0, le=1, description="NMS IoU threshold.")
-    max_side_px: int | None = Field(
-        640, ge=32, description="Scale frames down so the longer side ≤ this; null = native size."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
-    max_batch: int = Field(16, ge=1, description="Most frames detected in one batch.")
-    cache_dir: str | None = Field(
-        None, description="Hub download cache for the weights; unset = the hub's default."
-    )
 
 
 # --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ingest.sources import SourceOptions
 from ingest.tracking import TrackerOptions
 from ingest.windows import WindowOptions
 from models.facellava.options import ModelOptions
-from models.retinaface import DetectorOptions
+from models.retinaface_options import DetectorOptions
 
 
 class KafkaSettings(BaseModel):
@@ -37,6 +37,9 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str | None = Field(None, description="e.g. PLAIN or SCRAM-SHA-512.")
     sasl_username: str | None = Field(None, description="SASL user (from a Secret).")
     sasl_password: str | None = Field(None, description="SASL password (from a Secret).")
+    ssl_cafile: str | None = Field(None, description="CA bundle for SSL; unset = system CAs.")
+    ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: str | None = Field(None, description="Private key of the client certificate.")
 
 
 class RedisSettings(BaseModel):
@@ -52,6 +55,9 @@ class RedisSettings(BaseModel):
     buffer_max_events: int = Field(10000, ge=1, description="Events held while Redis is down.")
     retry_initial_s: float = Field(0.2, gt=0, description="First retry delay when Redis fails.")
     retry_max_s: float = Field(5.0, gt=0, description="Cap of the retry backoff.")
+    dedup_ttl_s: int = Field(
+        3600, ge=1, description="How long an event id is remembered to drop repeats after failover."
+    )
 
 
 class SchedulerSettings(BaseModel):
@@ -59,7 +65,9 @@ class SchedulerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    detect_queue_frames: int = Field(64, ge=1, description="Frames waiting for detection (all streams).")
+    frames_per_stream: int = Field(
+        2, ge=1, description="Frames a stream may have waiting for the detector; older skipped."
+    )
     model_queue_windows: int = Field(64, ge=1, description="Windows waiting for the model.")
     max_window_age_s: float = Field(30.0, gt=0, description="Older waiting windows are dropped.")
     batch_wait_ms: int = Field(20, ge=0, description="How long a batch waits to fill.")
