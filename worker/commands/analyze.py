@@ -17,6 +17,7 @@ crop, plus `overview.mp4` and `contact_sheet.png` with boxes and track ids drawn
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 # (e.g. FaceEvents as dicts). `analyze` calls it for every emitted window.
 WindowHandler = Callable[["WindowRequests"], list[dict[str, Any]]]
 
+ANALYZE_QUEUE_FRAMES = 64  # ≈ 45 MB of 640×360 frames: decoding runs ahead of torch start-up
 DETECT_BATCH_FRAMES = 8  # small: little latency, most of batching's gain on CPU
 
 
@@ -79,7 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline over SOURCE and write the records; returns the exit status."""
     import pydantic
-    import torch
 
     from worker.logs import configure_logging
     from worker.settings import Settings
@@ -96,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"facestream analyze: {exc}", file=sys.stderr)
         return 2
     out: IO[str] = sys.stdout if args.out is None else args.out.open("w", encoding="utf-8")
-    torch_threads = torch.get_num_threads()
     try:
-        share_cpu_with_decoder(settings)
         return analyze(
             settings,
             args.source,
@@ -109,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
             handler,
         )
     finally:
-        torch.set_num_threads(torch_threads)  # callers in the same process keep theirs
         if out is not sys.stdout:
             out.close()
 
@@ -153,14 +151,29 @@ def analyze(
     from ingest.pipeline import StreamPipeline, run_stream
     from ingest.sources import SourceError, VideoSource
     from ingest.urls import UnsupportedURLError, redact_url
+
+    try:
+        source = VideoSource(source_url, settings.source, stream_id=stream_id)
+    except UnsupportedURLError as exc:
+        print(f"facestream analyze: {exc}", file=sys.stderr)
+        return 2
+    # Start decoding before torch loads: the reader thread fills its queue meanwhile.
+    source_frames = source.frames()
+    try:
+        first = list(itertools.islice(source_frames, 1))
+    except SourceError as exc:
+        print(f"facestream analyze: {exc}", file=sys.stderr)
+        return 1
+
     from models.retinaface import RetinaFaceDetector
     from models.weights import WeightsError
     from worker.annotate import AnnotationError, OverviewWriter, save_window
 
+    share_cpu_with_decoder(settings, source.is_live)
     try:
-        source = VideoSource(source_url, settings.source, stream_id=stream_id)
         detector = RetinaFaceDetector.from_options(settings.detector)
-    except (UnsupportedURLError, WeightsError) as exc:
+    except WeightsError as exc:
+        source.close()
         print(f"facestream analyze: {exc}", file=sys.stderr)
         return 2
     sample_fps = settings.source.sample_fps
@@ -182,7 +195,9 @@ def analyze(
         out.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     try:
-        for step in run_stream(source.frames(), detector, pipeline, DETECT_BATCH_FRAMES):
+        for step in run_stream(
+            itertools.chain(first, source_frames), detector, pipeline, DETECT_BATCH_FRAMES
+        ):
             if step.frame is not None:
                 frames += 1
                 bar.update(max(round(step.frame.pts_s, 1) - bar.n, 0))
@@ -259,7 +274,8 @@ def track_record(stream_id: str, track: TrackRecord) -> dict[str, Any]:
 
 def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
     """Settings (env) with the command-line overrides; local files allowed."""
-    source = {"allow_file": True}
+    # Local files allowed; a deeper frame queue lets decoding run ahead while torch loads.
+    source: dict[str, Any] = {"allow_file": True, "queue_frames": ANALYZE_QUEUE_FRAMES}
     if args.fps is not None:
         source["sample_fps"] = args.fps
     windows = {
@@ -280,11 +296,13 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
     )
 
 
-def share_cpu_with_decoder(settings: Settings) -> None:
-    """On CPU, leave the decoder's threads their cores: torch threads = CPUs − decode threads.
+def share_cpu_with_decoder(settings: Settings, source_is_live: bool) -> None:
+    """On CPU, size torch's thread pool so it does not fight the decoder.
 
-    Oversubscribed OpenMP threads spin: on 2 cores, 2 torch threads beside the decoder made
-    analyze ~2.5× slower than 1. An explicit OMP_NUM_THREADS wins.
+    A live source decodes all the time: torch gets the cores the decoder leaves
+    (oversubscribed OpenMP threads spin: on 2 cores, 2 torch threads beside a busy decoder
+    made analyze ~2.5× slower). A file decodes ahead while torch loads and then mostly
+    waits, so torch gets every core. An explicit OMP_NUM_THREADS wins.
     """
     import torch
 
@@ -293,7 +311,8 @@ def share_cpu_with_decoder(settings: Settings) -> None:
     if settings.detector.device == "auto" and torch.cuda.is_available():
         return
     cpus = os.cpu_count() or 1
-    torch.set_num_threads(max(1, cpus - settings.source.decode_threads))
+    busy = settings.source.decode_threads if source_is_live else 0
+    torch.set_num_threads(max(1, cpus - busy))
 
 
 def _file_duration_s(source_url: str) -> float | None:

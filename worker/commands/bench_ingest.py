@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings()
     configure_logging(settings.log_format, "warning")
-    share_cpu_with_decoder(settings)  # the same threads as analyze uses
+    share_cpu_with_decoder(settings, source_is_live=False)  # as analyze on a file
     video = args.video or _testdata_dir() / "videos" / "short_hamilton_clip.mp4"
     if not video.is_file():
         print(f"facestream bench ingest: no video at {video} (pass --video)", file=sys.stderr)
