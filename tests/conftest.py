@@ -9,6 +9,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = [
+    "tests.services.redis_server",
+    "tests.services.rtsp",
+    "tests.services.kafka_broker",
+]
+
 
 def testdata_dir() -> Path:
     """`FACESTREAM_TESTDATA`, else `../shared/testdata` beside the checkout."""
