@@ -151,6 +151,7 @@ class PromptTokenizer:
         return PromptIds(prefix_ids=tuple(prefix), suffix_ids=tuple(suffix))
 
     def decode(self, ids: list[int]) -> str:
-        """Answer text of generated ids, special tokens (BOS, EOS, UNK) skipped."""
+        """Answer text of generated ids; special tokens (BOS, EOS, UNK) and ids outside this
+        tokenizer's vocabulary (a model with a larger embedding table) are skipped."""
         special = {self.bos_id, self.eos_id, self.unk_id}
-        return self._sp.decode([i for i in ids if i not in special and i >= 0])
+        return self._sp.decode([i for i in ids if i not in special and 0 <= i < self.vocab_size])

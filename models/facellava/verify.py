@@ -69,7 +69,7 @@ def compare_tensors(name: str, ours: torch.Tensor, reference: torch.Tensor, tol:
     if tuple(ours.shape) != tuple(reference.shape):
         return Check(name, False, f"shape {tuple(ours.shape)} != {tuple(reference.shape)}")
     diff = (
-        (ours.detach().float().cpu() - reference.float()).abs().max().item()
+        (ours.detach().float().cpu() - reference.detach().float().cpu()).abs().max().item()
         if ours.numel()
         else 0.0
     )
