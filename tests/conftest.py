@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,16 @@ def hamilton_mp4(testdata: Path) -> Path:
 @pytest.fixture(scope="session")
 def mnet_weights(testdata: Path) -> Path:
     return testdata / "weights" / "retinaface_mobilenet0.25_Final.pth"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_structlog() -> Iterator[None]:
+    """A command run in-process points structlog at that test's captured stderr, which
+    closes when the test ends; later log calls from any thread would then fail. Each test
+    starts from structlog's defaults and leaves the configuration as it found it."""
+    import structlog
+
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
