@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from models.detections import Detections
+from models.devices import resolve_device
 from models.retinaface_options import DetectorOptions
 from models.weights import resolve_weights
 
@@ -49,10 +50,6 @@ POST_NMS_KEEP = 750
 
 class CheckpointError(Exception):
     """A weights file that is not a RetinaFace checkpoint this code can load."""
-
-
-class DeviceUnavailableError(Exception):
-    """The requested device (CUDA) is not present on this machine."""
 
 
 @dataclass(frozen=True)
@@ -534,14 +531,7 @@ class RetinaFaceDetector:
     def from_options(cls, opts: DetectorOptions) -> RetinaFaceDetector:
         """Resolve the weights (path or hub), load them and pick the device."""
         path = resolve_weights(opts.weights, opts.weights_sha256, opts.cache_dir)
-        device = opts.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                "detector device 'cuda' requested but torch sees no CUDA GPU; "
-                "use device 'cpu' or 'auto'"
-            )
+        device = resolve_device(opts.device, "detector")
         net = load_retinaface(path, device)
         log.info(
             "retinaface_loaded", weights=str(path), backbone=net.config.backbone, device=device

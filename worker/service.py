@@ -141,7 +141,7 @@ class StreamRunner:
         self.source.close()
 
     def _on_state(self, state: SourceState, error: str | None) -> None:
-        self.state = StreamState(str(state))
+        self.state = state
         self.error = error or ""
         self.state_changed.set()
 

@@ -7,25 +7,14 @@ and statuses share one connection, one background thread and one outage policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from ingest.sources import SourceState as StreamState  # a stream's state is its source's
 from ingest.urls import redact_url, scrub_secrets
 from worker.redis_keys import RedisKeys
 
 if TYPE_CHECKING:
     import redis
-
-
-class StreamState(StrEnum):
-    """Where a stream is in its life."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    RECONNECTING = "reconnecting"
-    STALLED = "stalled"
-    DONE = "done"
-    ERROR = "error"
 
 
 @dataclass(frozen=True)

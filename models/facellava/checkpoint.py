@@ -28,6 +28,7 @@ from typing import Any, Literal
 import structlog
 import torch
 
+from models.devices import resolve_device
 from models.facellava.modeling import (
     FaceLlava,
     FaceLlavaConfig,
@@ -493,9 +494,7 @@ def load_model(
 
 def load_from_options(options: ModelOptions, device: str | None = None) -> LoadedModel:
     """`load_model` with the knobs of a `ModelOptions` (device `auto` → CUDA when present)."""
-    chosen = device or options.device
-    if chosen == "auto":
-        chosen = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = resolve_device(device or options.device)
     return load_model(
         options.model,
         dtype=options.dtype,

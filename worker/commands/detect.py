@@ -69,12 +69,8 @@ def run(args: argparse.Namespace) -> int:
     import pydantic
 
     from ingest.sources import SourceError, UnsupportedURLError
-    from models.retinaface import (
-        CheckpointError,
-        DetectorOptions,
-        DeviceUnavailableError,
-        RetinaFaceDetector,
-    )
+    from models.devices import DeviceUnavailableError
+    from models.retinaface import CheckpointError, DetectorOptions, RetinaFaceDetector
     from models.weights import WeightsError
     from worker.logs import configure_logging
     from worker.settings import Settings

@@ -56,14 +56,15 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
 
 
 def resolve_device(name: str) -> str:
-    """`auto` → `cuda` when a GPU is visible, else `cpu`."""
-    import torch
+    """`auto` → `cuda` when a GPU is visible, else `cpu`; exits when CUDA is asked for
+    but absent."""
+    from models.devices import DeviceUnavailableError
+    from models.devices import resolve_device as resolve
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch sees no CUDA device")
-    return name
+    try:
+        return resolve(name)
+    except DeviceUnavailableError as exc:
+        raise SystemExit(f"--device: {exc}") from None
 
 
 def resolve_dtype(args: argparse.Namespace, options: ModelOptions, device: str) -> str:

@@ -39,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     """Print the status table or one stream's status; 1 if the stream is unknown."""
     import redis
 
-    from ingest.urls import redact_url
     from worker.redis_keys import RedisKeys
     from worker.settings import Settings
     from worker.status import StreamStatusReader
@@ -63,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         statuses = reader.list_all()
     except redis.ConnectionError as exc:
-        print(
-            f"cannot reach Redis at {redact_url(url)}: {exc} "
-            "(set --redis-url or FACESTREAM_REDIS__URL)",
-            file=sys.stderr,
-        )
-        return EXIT_REDIS_UNREACHABLE
+        return report_unreachable(url, exc)
     finally:
         client.close()
     if args.json:
@@ -113,3 +107,15 @@ def _print_table(statuses: list[StreamStatus]) -> None:
     for row in (header, *rows):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def report_unreachable(url: str, error: Exception) -> int:
+    """Say (redacted) that Redis did not answer; the exit status for it."""
+    from ingest.urls import redact_url
+
+    print(
+        f"cannot reach Redis at {redact_url(url)}: {error} "
+        "(set --redis-url or FACESTREAM_REDIS__URL)",
+        file=sys.stderr,
+    )
+    return EXIT_REDIS_UNREACHABLE

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from worker.commands.status import EXIT_REDIS_UNREACHABLE, add_redis_arguments
+from worker.commands.status import add_redis_arguments, report_unreachable
 
 if TYPE_CHECKING:
     import redis
@@ -38,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
     """Print events as they arrive until Ctrl-C (or --count events)."""
     import redis
 
-    from ingest.urls import redact_url
     from worker.redis_keys import RedisKeys
     from worker.settings import Settings
 
@@ -60,12 +59,7 @@ def run(args: argparse.Namespace) -> int:
                     if args.count is not None and printed >= args.count:
                         return 0
     except redis.ConnectionError as exc:
-        print(
-            f"cannot reach Redis at {redact_url(url)}: {exc} "
-            "(set --redis-url or FACESTREAM_REDIS__URL)",
-            file=sys.stderr,
-        )
-        return EXIT_REDIS_UNREACHABLE
+        return report_unreachable(url, exc)
     finally:
         client.close()
     return 0
