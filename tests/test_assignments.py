@@ -514,6 +514,45 @@ def test_dlq_payload_keeps_binary_as_base64_and_cuts_huge_values() -> None:
     assert entry["value_truncated"] is True and entry["value_bytes"] == 900_000
 
 
+class _CommitRecorder:
+    """Stands in for the consumer in `_commit`: keeps the offsets it is asked to commit."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[Any, int] = {}
+
+    def commit_async(self, offsets: dict, callback: Any = None) -> None:
+        self.offsets = {tp: meta.offset for tp, meta in offsets.items()}
+
+
+def test_commit_never_lowers_the_checked_offset_nor_passes_a_failed_dlq_write() -> None:
+    from collections import namedtuple
+
+    from kafka import TopicPartition
+
+    from worker.assignments import _ChangeLog
+
+    Record = namedtuple("Record", "topic partition offset key value")
+    tp = TopicPartition("streams", 0)
+    watcher = AssignmentWatcher(
+        KafkaSettings(topic="streams"), worker_id="w1", on_change=print, on_invalid=print
+    )
+    watcher._owned = {tp}
+    watcher._checked_below[tp] = 1000  # committed by the previous owner after its DLQ writes
+    consumer = _CommitRecorder()
+    # A refold rereads from 0: committing its position would make the next owner send
+    # records 11..999 to the DLQ a second time.
+    watcher._apply(tp, Record("streams", 0, 10, b"a", spec_json("a").encode()), _ChangeLog({}))
+    watcher._commit(consumer)
+    assert consumer.offsets == {tp: 1000}
+    # A bad record past the checked offset whose DLQ write fails (no producer here) pins
+    # the commit before it, so the next owner sends it again.
+    watcher._apply(tp, Record("streams", 0, 1205, b"b", b"{"), _ChangeLog({}))
+    watcher._apply(tp, Record("streams", 0, 1300, b"c", spec_json("c").encode()), _ChangeLog({}))
+    watcher._commit(consumer)
+    assert consumer.offsets == {tp: 1205}
+    assert watcher.status().dlq_failures == 1
+
+
 def _child_main(settings_json: str) -> None:
     """A watcher in its own process (killed by a test): prints its stream ids on change."""
     configure_logging("console", "warning")  # logs to stderr; stdout carries the ids

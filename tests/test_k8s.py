@@ -311,6 +311,35 @@ def test_topics_job_creates_compacted_assignments_and_a_dlq(
     assert container["envFrom"] == [{"configMapRef": {"name": "facestream-settings"}}]
 
 
+def test_topics_job_script_runs_and_logs_in_as_the_workers_sasl_user(tmp_path: Path) -> None:
+    """The prod job, run with a stand-in kafka-topics.sh and no `kafka-sasl-username` in
+    the Secret (README: optional), uses the ConfigMap's user like the worker does."""
+    manifests = build(REPO / "k8s" / "overlays" / "prod")
+    job = one(manifests, "Job", "facestream-kafka-topics")
+    (container,) = pod_containers(job)
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "kafka-topics.sh"
+    fake.write_text(
+        f'#!/bin/bash\necho "$*" >> {calls}\n'
+        'case "$*" in *--describe*) echo "Topic: t PartitionCount: 32";; esac\n'
+    )
+    fake.chmod(0o755)
+    cfg = tmp_path / "client.properties"
+    script = (
+        container["args"][0]
+        .replace("/opt/kafka/bin/kafka-topics.sh", str(fake))
+        .replace("/tmp/client.properties", str(cfg))
+    )
+    env = {"PATH": "/usr/bin:/bin", **config_data(manifests), "KAFKA_SASL_PASSWORD": "pw"}
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    done = subprocess.run(
+        [*container["command"], script], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'username="facestream" password="pw"' in cfg.read_text()
+    assert "--partitions 32" in calls.read_text()
+
+
 def test_weights_are_fetched_into_the_shared_volume_by_an_init_container(
     overlay: tuple[str, list[Manifest]],
 ) -> None:

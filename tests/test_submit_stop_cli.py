@@ -147,3 +147,13 @@ def test_bad_kafka_settings_are_reported_with_the_variable_to_fix(
     monkeypatch.setenv("FACESTREAM_KAFKA__SASL_MECHANISM", "PLAIN")
     assert main(["stop", "x"]) == 2
     assert "FACESTREAM_KAFKA__SASL_PASSWORD" in capsys.readouterr().err
+
+
+def test_invalid_settings_are_reported_without_echoing_their_values(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("FACESTREAM_KAFKA__SASL_PASWORD", "hunter2")  # misspelt secret
+    assert main(["stop", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "kafka.sasl_pasword" in err or "sasl_pasword" in err.lower()
+    assert "hunter2" not in err

@@ -14,7 +14,9 @@ partition back to this worker (the refold only reports real differences); stream
 partition that went to another worker stop as soon as the new assignment is known.
 Offsets: committed after each processed batch once its DLQ records are flushed. They do
 not decide where reading starts (always the beginning); they mark which records were
-already checked, so a bad record goes to the DLQ once, not after every rebalance.
+already checked, so a bad record goes to the DLQ once, not after every rebalance. So a
+commit never moves below the offset committed before (a refold reads from the beginning)
+nor past a record whose DLQ write failed (the next owner sends it again).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaTimeoutError
 from pydantic import ValidationError
 
@@ -41,7 +43,7 @@ from worker.settings import KafkaSettings
 from worker.specs import StreamSpec
 
 if TYPE_CHECKING:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
     from kafka.consumer.fetcher import ConsumerRecord
 
 log = structlog.get_logger(__name__)
@@ -293,7 +295,10 @@ class AssignmentWatcher:
         self._owned: set[TopicPartition] = set()
         self._folds: dict[TopicPartition, _Fold] = {}
         self._checked_below: dict[TopicPartition, int] = {}
+        self._consumed_below: dict[TopicPartition, int] = {}
         self._dlq_pending = False
+        # Written by the producer's IO thread too: guarded by _lock.
+        self._dlq_failed_at: dict[TopicPartition, int] = {}
         self._joined = False
 
     # -- public API -----------------------------------------------------------------
@@ -415,6 +420,9 @@ class AssignmentWatcher:
         # A new consumer starts with no partitions; until it gets some, keep running what
         # we have (the rebalance decides what moves). Folds restart with the assignment.
         self._folds.clear()
+        self._consumed_below.clear()
+        with self._lock:
+            self._dlq_failed_at.clear()
         while not self._events.empty():
             self._events.get_nowait()
 
@@ -472,6 +480,8 @@ class AssignmentWatcher:
                     del self._partition_of[stream_id]
             self._owned = set(assigned)
             self._folds.clear()
+            self._dlq_failed_at.clear()
+        self._consumed_below.clear()
         if not assigned:
             self._set_state()
             return set()
@@ -494,6 +504,7 @@ class AssignmentWatcher:
     def _apply(self, tp: TopicPartition, record: ConsumerRecord, changes: _ChangeLog) -> None:
         with self._lock:
             self._counts["records"] += 1
+        self._consumed_below[tp] = record.offset + 1
         first_time = record.offset >= self._checked_below.get(tp, 0)
         try:
             stream_id, spec = parse_record(record.key, record.value, allow_file=self.allow_file)
@@ -583,9 +594,10 @@ class AssignmentWatcher:
             offset=record.offset,
             error=error.reason,
         )
+        tp = TopicPartition(record.topic, record.partition)
         producer = self._producer
         if producer is None:
-            self._count_dlq_failure(RuntimeError("no producer"))
+            self._count_dlq_failure(RuntimeError("no producer"), tp, record.offset)
             return
         payload = dlq_payload(
             topic=record.topic,
@@ -603,18 +615,21 @@ class AssignmentWatcher:
         try:
             future = producer.send(self.settings.dlq_topic, key=key, value=payload)
         except Exception as send_error:
-            self._count_dlq_failure(send_error)
+            self._count_dlq_failure(send_error, tp, record.offset)
             return
         future.add_callback(lambda _metadata: self._count("dlq"))
-        future.add_errback(self._count_dlq_failure)
+        future.add_errback(lambda error: self._count_dlq_failure(error, tp, record.offset))
         self._dlq_pending = True
 
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
 
-    def _count_dlq_failure(self, error: BaseException) -> None:
-        self._count("dlq_failures")
+    def _count_dlq_failure(self, error: BaseException, tp: TopicPartition, offset: int) -> None:
+        with self._lock:
+            self._counts["dlq_failures"] += 1
+            # Commits stop before this record, so the partition's next owner sends it again.
+            self._dlq_failed_at[tp] = min(offset, self._dlq_failed_at.get(tp, offset))
         log.error(
             "kafka assignments: DLQ write failed",
             dlq_topic=self.settings.dlq_topic,
@@ -674,13 +689,30 @@ class AssignmentWatcher:
                 log.warning("DLQ flush failed; offsets not committed", error=repr(error))
                 return
             self._dlq_pending = False
+        offsets = self._offsets_to_commit()
+        if not offsets:
+            return
         try:
             consumer.commit_async(
+                offsets=offsets,
                 callback=lambda _offsets, response: (
                     log.debug("offset commit failed", error=repr(response))
                     if isinstance(response, Exception)
                     else None
-                )
+                ),
             )
         except Exception as error:
             log.debug("offset commit skipped", error=repr(error))
+
+    def _offsets_to_commit(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Per owned partition: what was consumed, but never below the offset committed
+        before (a refold rereads from 0) nor past a record whose DLQ write failed."""
+        with self._lock:
+            failed_at = dict(self._dlq_failed_at)
+        offsets = {}
+        for tp, consumed in self._consumed_below.items():
+            if tp not in self._owned:
+                continue
+            offset = max(self._checked_below.get(tp, 0), min(consumed, failed_at.get(tp, consumed)))
+            offsets[tp] = OffsetAndMetadata(offset, "", -1)
+        return offsets

@@ -45,7 +45,12 @@ def kafka_settings_from(args: argparse.Namespace) -> KafkaSettings | None:
     try:
         settings = Settings()
     except ValidationError as error:
-        print(f"facestream: invalid FACESTREAM_* settings: {error}", file=sys.stderr)
+        # Without the input values: a misspelt secret variable must not be echoed.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors(include_url=False, include_input=False, include_context=False)
+        )
+        print(f"facestream: invalid FACESTREAM_* settings: {problems}", file=sys.stderr)
         return None
     configure_logging(settings.log_format, settings.log_level)
     updates = {
