@@ -13,15 +13,28 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import redis
 
 from worker.events import FaceEvent, event_id_for
+from worker.scheduler import WindowJob, WindowQueue
+from worker.service import (
+    DETECTOR_FAILURES_IN_ROW,
+    SUPERVISOR_STALL_S,
+    StreamRunner,
+    Worker,
+)
+from worker.settings import Settings
+from worker.specs import StreamSpec
+from worker.status import StreamState, StreamStatus
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -155,6 +168,169 @@ def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> o
 
 def _status(client: redis.Redis, prefix: str, stream_id: str) -> dict[str, str]:
     return client.hgetall(f"{prefix}:stream:{stream_id}")
+
+
+# -- the service's own logic, without services (fast) ---------------------------------------
+
+
+@pytest.fixture
+def bare_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Worker]:
+    """A `Worker` that has started nothing: no Kafka, no Redis, no threads."""
+    for key in [k for k in os.environ if k.startswith("FACESTREAM_")]:
+        monkeypatch.delenv(key)
+    worker = Worker(
+        Settings(worker_id="w-unit", http={"host": "127.0.0.1", "port": 0}),
+        detector_factory=lambda: None,  # type: ignore[arg-type,return-value]
+        answerer_factory=lambda: None,  # type: ignore[arg-type,return-value]
+    )
+    monkeypatch.setattr(worker.watcher, "desired", dict)
+    yield worker
+    worker.http.stop()
+
+
+def _runner(worker: Worker, stream_id: str = "cam-u") -> StreamRunner:
+    spec = StreamSpec(stream_id=stream_id, url="rtsp://camera.example/live")
+    runner = StreamRunner(spec, worker.settings, threading.Event())  # not started
+    with worker._runners_lock:
+        worker.runners[stream_id] = runner
+    return runner
+
+
+def _job(stream_id: str, track_id: int = 1) -> WindowJob:
+    window = SimpleNamespace(stream_id=stream_id, track_id=track_id)
+    return WindowJob(SimpleNamespace(window=window), None, ())  # type: ignore[arg-type]
+
+
+def _pending_status(worker: Worker, stream_id: str) -> StreamStatus | None:
+    return worker.publisher._pending_status[stream_id]
+
+
+def test_window_queue_counts_taken_jobs_as_pending_until_done() -> None:
+    queue = WindowQueue(8, 30.0, on_drop=lambda _reason, _n: None)
+    queue.put(_job("s1"))
+    jobs = queue.take(4, 0.0, 0.1)
+    assert len(jobs) == 1 and len(queue) == 0
+    assert queue.has_stream("s1"), "a window the model holds is still pending"
+    queue.done(jobs)
+    assert not queue.has_stream("s1")
+
+
+def test_invalid_update_of_a_running_stream_keeps_its_error_status(bare_worker) -> None:
+    runner = _runner(bare_worker)
+    bare_worker._on_invalid_record("cam-u", "invalid StreamSpec: url: missing")
+    bare_worker._reconcile()  # the watcher dropped the spec: the runner stops
+    assert "cam-u" not in bare_worker.runners
+    status = _pending_status(bare_worker, "cam-u")
+    assert status is not None and status.state == StreamState.ERROR
+    assert "invalid assignment" in status.error
+    assert runner._stop.is_set()
+
+
+def test_tombstone_of_a_running_stream_forgets_its_status(bare_worker) -> None:
+    _runner(bare_worker)
+    bare_worker._reconcile()
+    assert _pending_status(bare_worker, "cam-u") is None  # None = delete the hash
+
+
+def test_finite_stream_is_done_only_after_its_last_window_is_answered(bare_worker) -> None:
+    runner = _runner(bare_worker)
+    runner._on_state(StreamState.DONE, None)  # the source reached its end
+    bare_worker._refresh_runner(runner)
+    assert _pending_status(bare_worker, "cam-u").state == StreamState.RUNNING
+    runner.flushed = True
+    bare_worker.queue.put(_job("cam-u"))
+    jobs = bare_worker.queue.take(4, 0.0, 0.1)  # the model holds the last window
+    bare_worker._refresh_runner(runner)
+    assert _pending_status(bare_worker, "cam-u").state == StreamState.RUNNING
+    assert "cam-u" in bare_worker.runners
+    bare_worker.queue.done(jobs)
+    bare_worker._refresh_runner(runner)
+    assert _pending_status(bare_worker, "cam-u").state == StreamState.DONE
+    assert "cam-u" not in bare_worker.runners
+    assert bare_worker.watcher._tombstones.get_nowait() == "cam-u"
+
+
+def test_model_loop_marks_a_failed_batch_done(bare_worker) -> None:
+    class Failing:
+        def answer(self, jobs):
+            raise RuntimeError("boom")
+
+    bare_worker._answerer = Failing()
+    bare_worker.queue.put(_job("cam-u"))
+    thread = threading.Thread(target=bare_worker._model_loop, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while bare_worker.queue.has_stream("cam-u") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not bare_worker.queue.has_stream("cam-u")
+    bare_worker._intake_stopped.set()
+    bare_worker.queue.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert bare_worker.metrics.windows_dropped.labels("model_error")._value.get() == 1
+
+
+def test_detector_failure_skips_the_batch_and_only_repeated_failures_end_the_loop(
+    bare_worker,
+) -> None:
+    class Failing:
+        def detect(self, images):
+            raise RuntimeError("CUDA out of memory")
+
+    bare_worker._detector = Failing()
+    runner = _runner(bare_worker)
+    frame = SimpleNamespace(image_bgr=np.zeros((4, 4, 3), np.uint8))
+    for _ in range(DETECTOR_FAILURES_IN_ROW - 1):
+        bare_worker._detect_and_track([(runner, frame)])
+    assert runner.failed == DETECTOR_FAILURES_IN_ROW - 1
+    bare_worker._refresh_runner(runner)
+    skipped = bare_worker.metrics.frames_skipped.labels("cam-u", "detector_error")
+    assert skipped._value.get() == DETECTOR_FAILURES_IN_ROW - 1
+    with pytest.raises(RuntimeError):
+        bare_worker._detect_and_track([(runner, frame)])
+
+
+def test_windows_of_a_stopped_runner_are_not_queued(bare_worker) -> None:
+    runner = _runner(bare_worker)
+    bare_worker._stop_runner(runner, forget=True)
+    window = SimpleNamespace(clip=_job("cam-u").clip, image=None)
+    bare_worker._enqueue(runner, [window])  # the detector thread, a moment late
+    assert len(bare_worker.queue) == 0
+    assert bare_worker.metrics.windows_dropped.labels("stream_stopped")._value.get() == 1
+
+
+def test_healthz_reports_a_stuck_supervisor(bare_worker) -> None:
+    bare_worker._models_loaded.set()
+    bare_worker._supervisor_beat_s = time.monotonic() - SUPERVISOR_STALL_S - 1
+    ok, why = bare_worker._alive()
+    assert not ok and "supervisor" in why
+
+
+def test_signal_while_loading_models_exits_zero_at_once(
+    bare_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handlers: dict[int, Callable] = {}
+    monkeypatch.setattr(signal, "signal", lambda signum, h: handlers.__setitem__(signum, h))
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    bare_worker.install_signal_handlers()
+    with pytest.raises(SystemExit):
+        handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert exits == [0]
+    bare_worker._models_loaded.set()
+    handlers[signal.SIGTERM](signal.SIGTERM, None)  # graceful: no exit yet
+    assert exits == [0] and bare_worker._stop_requested.is_set()
+    with pytest.raises(SystemExit):
+        handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert exits == [0, 1]
+
+
+# -- end to end ----------------------------------------------------------------------------
 
 
 def test_submitted_camera_yields_complete_events_person_hash_and_status(

@@ -78,12 +78,12 @@ class FaceAnswerer:
         events: list[FaceEvent] = []
         for result in results:
             job = jobs[result.key[0]]
-            window = job.clip.window
             for answer in result.answers:
                 task = answer.question.task
                 assert task is not None  # for_tasks always sets it
                 events.append(self._event(job, Task(task), answer.text, now_s))
-        log.debug("answered", jobs=len(jobs), events=len(events), stream_id=window.stream_id)
+        streams = sorted({job.clip.window.stream_id for job in jobs})
+        log.debug("answered", jobs=len(jobs), events=len(events), streams=streams)
         return events
 
     def _event(self, job: WindowJob, task: Task, text: str, now_s: float) -> FaceEvent:

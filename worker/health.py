@@ -20,6 +20,8 @@ class HealthServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a client that sends nothing does not hold a thread forever
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -59,7 +61,10 @@ class HealthServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving and join the thread."""
-        self._server.shutdown()
+        """Stop serving and join the thread (closes the socket even if never started)."""
+        started = self._thread.ident is not None
+        if started:
+            self._server.shutdown()  # waits for serve_forever: only once it ran
         self._server.server_close()
-        self._thread.join(timeout=5)
+        if started:
+            self._thread.join(timeout=5)

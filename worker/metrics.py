@@ -26,7 +26,7 @@ class Metrics:
         )
         self.frames_skipped = Counter(
             "facestream_frames_skipped",
-            "Sampled frames not detected (reason: detector_busy).",
+            "Sampled frames not detected (reason: detector_busy, detector_error).",
             ["stream_id", "reason"],
             registry=r,
         )
@@ -59,7 +59,8 @@ class Metrics:
         )
         self.windows_dropped = Counter(
             "facestream_windows_dropped",
-            "Windows dropped by the scheduler (reason: superseded, queue_full, stale, shutdown).",
+            "Windows dropped (reason: superseded, queue_full, stale, stream_stopped, "
+            "model_error, shutdown).",
             ["reason"],
             registry=r,
         )

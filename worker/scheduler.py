@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +43,7 @@ class WindowQueue:
         self._max_age_s = max_age_s
         self._on_drop = on_drop
         self._jobs: OrderedDict[tuple[str, int], WindowJob] = OrderedDict()
+        self._taken: Counter[str] = Counter()  # stream_id → jobs taken, not yet `done`
         self._cond = threading.Condition()
         self._closed = False
 
@@ -67,7 +68,8 @@ class WindowQueue:
 
     def take(self, max_jobs: int, fill_wait_s: float, timeout_s: float) -> list[WindowJob]:
         """Up to `max_jobs` fresh jobs, oldest first; waits `timeout_s` for the first one and
-        then at most `fill_wait_s` more for the batch to fill. Empty on timeout or close."""
+        then at most `fill_wait_s` more for the batch to fill. Empty on timeout or close.
+        The caller reports the batch finished with `done(batch)`."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while not self._jobs and not self._closed:
@@ -89,12 +91,21 @@ class WindowQueue:
                     self._on_drop("stale", 1)
                     continue
                 batch.append(job)
+                self._taken[job.key[0]] += 1
             return batch
 
-    def has_stream(self, stream_id: str) -> bool:
-        """Whether a window of `stream_id` is waiting."""
+    def done(self, jobs: list[WindowJob]) -> None:
+        """The model finished (answered or dropped) jobs returned by `take`."""
         with self._cond:
-            return any(k[0] == stream_id for k in self._jobs)
+            self._taken.subtract(job.key[0] for job in jobs)
+            for stream_id in {job.key[0] for job in jobs}:
+                if self._taken[stream_id] <= 0:
+                    del self._taken[stream_id]
+
+    def has_stream(self, stream_id: str) -> bool:
+        """Whether a window of `stream_id` is waiting, or taken and not yet `done`."""
+        with self._cond:
+            return stream_id in self._taken or any(k[0] == stream_id for k in self._jobs)
 
     def drop_stream(self, stream_id: str) -> None:
         """Forget the waiting windows of a stopped stream (counted as `stream_stopped`)."""

@@ -46,6 +46,8 @@ from worker.status import StreamState, StreamStatus
 log = structlog.get_logger(__name__)
 
 SUPERVISOR_TICK_S = 1.0
+SUPERVISOR_STALL_S = 30.0  # /healthz: a supervisor tick this late means the loop is stuck
+DETECTOR_FAILURES_IN_ROW = 10  # failed batches in a row before the detector thread gives up
 
 
 class Detector(Protocol):
@@ -120,6 +122,7 @@ class StreamRunner:
         self._stop = threading.Event()
         self.skipped = 0
         self.detected = 0
+        self.failed = 0  # sampled frames lost to a detector or tracking error
         self.last_frame_wall_s: float | None = None
         self.state = StreamState.STARTING
         self.error = ""
@@ -231,11 +234,14 @@ class Worker:
         self._intake_stopped = threading.Event()
         self._models_loaded = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
-        self._finished_streams: set[str] = set()  # done/error: not restarted until respecified
-        self._failed_specs: dict[str, StreamSpec] = {}
+        self._failed_specs: dict[str, StreamSpec] = {}  # done/error: not restarted as is
         self._last_partitions: tuple[int, ...] = ()
-        self._in_flight_lock = threading.Lock()
-        self._in_flight_streams: set[str] = set()  # streams of the batch the model runs now
+        self._supervisor_beat_s = time.monotonic()
+        self._detector_failures = 0
+        # Streams whose latest record was invalid (watcher thread adds): their `error`
+        # status must survive the runner's stop, which otherwise forgets the status.
+        self._invalid_lock = threading.Lock()
+        self._invalid_streams: set[str] = set()
 
     # -- factories --------------------------------------------------------------------
 
@@ -256,13 +262,18 @@ class Worker:
         return self.http.port
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: graceful stop; a second signal exits at once (status 1)."""
+        """SIGTERM/SIGINT: graceful stop; a second signal exits at once (status 1). While
+        the models load (minutes) nothing has started yet: the first signal exits at once
+        (status 0) instead of waiting for the load and then joining the group to leave it."""
 
         def handler(signum: int, _frame: object) -> None:
+            import os
+
+            if not self._models_loaded.is_set():
+                log.info("signal while loading the models: exiting now", signal=signum)
+                os._exit(0)
             if self._stop_requested.is_set():
                 log.warning("second signal: exiting now", signal=signum)
-                import os
-
                 os._exit(1)
             log.info("signal: stopping gracefully", signal=signum, grace_s=self.settings.grace_s)
             self._stop_requested.set()
@@ -292,6 +303,7 @@ class Worker:
         self._spawn("model", self._model_loop)
         self.watcher.start()
         while not self._stop_requested.is_set():
+            self._supervisor_beat_s = time.monotonic()
             self._desired_changed.wait(SUPERVISOR_TICK_S)
             if self._stop_requested.is_set():
                 break
@@ -318,8 +330,8 @@ class Worker:
         while len(self.queue) and time.monotonic() < drain_until:
             time.sleep(0.05)
         self.queue.close()
-        self._join("detector", deadline)
-        self._join("model", deadline)
+        self._join("detector", drain_until)
+        self._join("model", drain_until)
         flushed = self.publisher.flush(max(0.1, deadline - time.monotonic() - 2.0))
         self.watcher.stop(timeout_s=max(0.5, deadline - time.monotonic() - 0.5))
         self.publisher.stop(timeout_s=max(0.1, deadline - time.monotonic()))
@@ -350,6 +362,11 @@ class Worker:
         if not self._intake_stopped.is_set():
             if self._models_loaded.is_set() and not self.watcher.is_alive():
                 dead.append("kafka-assignments")
+            if (
+                self._models_loaded.is_set()
+                and time.monotonic() - self._supervisor_beat_s > SUPERVISOR_STALL_S
+            ):
+                dead.append("supervisor (stuck)")
             if not self.publisher.is_alive():
                 dead.append("redis-publisher")
         if dead and not self._intake_stopped.is_set():
@@ -374,6 +391,8 @@ class Worker:
     def _on_invalid_record(self, stream_id: str | None, reason: str) -> None:
         self.metrics.invalid_specs.inc()
         if stream_id is not None:
+            with self._invalid_lock:
+                self._invalid_streams.add(stream_id)
             self.publisher.update_status(
                 StreamStatus(
                     stream_id=stream_id,
@@ -395,7 +414,11 @@ class Worker:
         for stream_id, runner in running.items():
             spec = desired.get(stream_id)
             if spec is None or spec != runner.spec:
-                self._stop_runner(runner, forget=spec is None)
+                with self._invalid_lock:
+                    invalid = stream_id in self._invalid_streams
+                self._stop_runner(runner, forget=spec is None and not invalid)
+        with self._runners_lock, self._invalid_lock:
+            self._invalid_streams.intersection_update(self.runners)  # only running ones need it
         for stream_id in list(self._failed_specs):
             if desired.get(stream_id) != self._failed_specs[stream_id]:
                 del self._failed_specs[stream_id]
@@ -403,6 +426,8 @@ class Worker:
             with self._runners_lock:
                 if stream_id in self.runners or self._failed_specs.get(stream_id) == spec:
                     continue
+            with self._invalid_lock:
+                self._invalid_streams.discard(stream_id)  # valid again
             self._start_runner(spec)
         status = self.watcher.status()
         if status.partitions != self._last_partitions:
@@ -419,6 +444,11 @@ class Worker:
             self._failed_specs[spec.stream_id] = spec
             self._write_status(spec, StreamState.ERROR, error=str(exc))
             return
+        except Exception as exc:  # one spec must not stop the others from starting
+            bound.exception("stream could not start")
+            self._failed_specs[spec.stream_id] = spec
+            self._write_status(spec, StreamState.ERROR, error=f"internal error: {exc!r}")
+            return
         with self._runners_lock:
             self.runners[spec.stream_id] = runner
         self._write_status(spec, StreamState.STARTING)
@@ -427,7 +457,7 @@ class Worker:
 
     def _stop_runner(self, runner: StreamRunner, *, forget: bool) -> None:
         runner.stop()
-        with self._runners_lock:
+        with self._runners_lock:  # after this `_enqueue` refuses the runner's windows
             self.runners.pop(runner.stream_id, None)
         self.queue.drop_stream(runner.stream_id)
         self.metrics.forget_stream(runner.stream_id)
@@ -461,13 +491,15 @@ class Worker:
         runner.counters.advance(m.frames_decoded.labels(sid), source_stats.frames_decoded)
         runner.counters.advance(m.frames_detected.labels(sid), runner.detected)
         runner.counters.advance(m.frames_skipped.labels(sid, "detector_busy"), runner.skipped)
+        if runner.failed:
+            runner.counters.advance(m.frames_skipped.labels(sid, "detector_error"), runner.failed)
         runner.counters.advance(m.reconnects.labels(sid), source_stats.reconnects)
         m.active_tracks.labels(sid).set(len(runner.pipeline.tracker.active_track_ids))
         runner.counters.advance(m.windows_emitted.labels(sid), runner.pipeline.stats.emitted)
         runner.counters.advance(
             m.windows_skipped.labels(sid), runner.pipeline.stats.skipped_low_coverage
         )
-        if runner.flushed and not self._has_pending_windows(sid):
+        if runner.flushed and not self.queue.has_stream(sid):
             self._finish_runner(runner)
             return
         if runner.state == StreamState.ERROR and not runner.thread.is_alive():
@@ -477,18 +509,16 @@ class Worker:
                 self.runners.pop(sid, None)
             self.metrics.forget_stream(sid)
             return
+        # The source says `done` at its end; the stream is done only once its last windows
+        # are answered (`_finish_runner`): until then it is still running.
+        state = StreamState.RUNNING if runner.state == StreamState.DONE else runner.state
         self._write_status(
             runner.spec,
-            runner.state,
+            state,
             error=runner.error,
             fps=decoded_fps,
             last_frame_wall_s=runner.last_frame_wall_s,
         )
-
-    def _has_pending_windows(self, stream_id: str) -> bool:
-        with self._in_flight_lock:
-            in_flight = stream_id in self._in_flight_streams
-        return in_flight or self.queue.has_stream(stream_id)
 
     def _finish_runner(self, runner: StreamRunner) -> None:
         """A finite source ended and its last windows are answered: mark it done."""
@@ -541,21 +571,51 @@ class Worker:
                 self._detect_and_track(batch[start : start + max_batch])
             for runner in runners:
                 if runner.source_ended and not runner.flushed and not runner.pending_frames:
-                    self._enqueue(runner, runner.pipeline.finish().windows)
+                    try:
+                        windows = runner.pipeline.finish().windows
+                    except Exception:
+                        log.exception("last windows lost", stream_id=runner.stream_id)
+                        windows = []
+                    self._enqueue(runner, windows)
                     runner.flushed = True
 
     def _detect_and_track(self, batch: list[tuple[StreamRunner, Frame]]) -> None:
+        """Detect one batch and feed each stream's pipeline. A failing batch (say, out of
+        GPU memory) or frame is skipped and counted (`frames_skipped{reason=detector_error}`)
+        so one bad stream cannot stop detection for all; only failures
+        `DETECTOR_FAILURES_IN_ROW` batches in a row end the thread (and `/healthz` says so)."""
         assert self._detector is not None
-        detections = self._detector.detect([frame.image_bgr for _, frame in batch])
+        try:
+            detections = self._detector.detect([frame.image_bgr for _, frame in batch])
+        except Exception:
+            self._detector_failures += 1
+            if self._detector_failures >= DETECTOR_FAILURES_IN_ROW:
+                raise
+            log.exception("detector batch failed; its frames are skipped", frames=len(batch))
+            for runner, _ in batch:
+                runner.failed += 1
+            return
+        self._detector_failures = 0
         self.metrics.detector_batch_size.observe(len(batch))
         for (runner, frame), dets in zip(batch, detections, strict=True):
-            step = runner.pipeline.update(frame, dets)
+            try:
+                step = runner.pipeline.update(frame, dets)
+            except Exception:
+                log.exception("tracking failed; frame skipped", stream_id=runner.stream_id)
+                runner.failed += 1
+                continue
             runner.detected += 1
             self._enqueue(runner, step.windows)
 
     def _enqueue(self, runner: StreamRunner, windows: list) -> None:
-        for window in windows:
-            self.queue.put(WindowJob(window.clip, window.image, tuple(runner.spec.tasks)))
+        if not windows:
+            return
+        with self._runners_lock:  # a stopped runner's windows were dropped with it
+            if self.runners.get(runner.stream_id) is not runner:
+                self.metrics.windows_dropped.labels("stream_stopped").inc(len(windows))
+                return
+            for window in windows:
+                self.queue.put(WindowJob(window.clip, window.image, tuple(runner.spec.tasks)))
 
     # -- model loop -------------------------------------------------------------------------
 
@@ -571,18 +631,17 @@ class Worker:
                     return
                 continue
             self.metrics.model_batch_size.observe(len(jobs))
-            with self._in_flight_lock:
-                self._in_flight_streams = {job.key[0] for job in jobs}
             try:
-                events = self._answerer.answer(jobs)
-            except Exception:
-                log.exception("model batch failed; its windows are dropped", jobs=len(jobs))
-                self.metrics.windows_dropped.labels("model_error").inc(len(jobs))
-                events = []
-            now_s = time.time()
-            for event in events:
-                self.publisher.publish(event)
-                self.metrics.events.labels(str(event.task)).inc()
-                self.metrics.frame_to_event_s.observe(max(0.0, now_s - event.frame_wall_time_s))
-            with self._in_flight_lock:
-                self._in_flight_streams = set()
+                try:
+                    events = self._answerer.answer(jobs)
+                except Exception:
+                    log.exception("model batch failed; its windows are dropped", jobs=len(jobs))
+                    self.metrics.windows_dropped.labels("model_error").inc(len(jobs))
+                    events = []
+                now_s = time.time()
+                for event in events:
+                    self.publisher.publish(event)
+                    self.metrics.events.labels(str(event.task)).inc()
+                    self.metrics.frame_to_event_s.observe(max(0.0, now_s - event.frame_wall_time_s))
+            finally:
+                self.queue.done(jobs)  # after publishing: a finished stream's events are out
