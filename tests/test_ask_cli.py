@@ -100,3 +100,16 @@ def test_ask_reports_a_missing_source(tmp_path, capsys):
     status = main(["ask", str(tmp_path / "nope.mp4"), "--task", "emotion"])
     assert status == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_ask_reports_a_bad_question_and_a_missing_checkpoint(tmp_path, tiny, capsys):
+    image = _frames(tiny, "image_rgb_uint8_HWC.pt").numpy()
+    path = tmp_path / "face.png"
+    Image.fromarray(image).save(path)
+    model = ("--model", str(tiny / "checkpoint"), "--hf-cache", str(tiny / "hf_cache"))
+    bad_question = ["ask", str(path), "--task", "age", "--question", "<image> how old?"]
+    assert main([*bad_question, *model, "--offline", "--device", "cpu"]) == 2
+    assert "must not contain" in capsys.readouterr().err
+    missing = ("--model", str(tmp_path / "no-such-checkpoint"), "--offline", "--device", "cpu")
+    assert main(["ask", str(path), "--task", "age", *missing]) == 2
+    assert "no-such-checkpoint" in capsys.readouterr().err

@@ -197,3 +197,36 @@ def test_bad_requests_are_rejected_with_the_key(loaded):
         engine.generate([GenerationRequest("grey", np.zeros((32, 32), np.uint8), (Question("?"),))])
     with pytest.raises(EngineRequestError, match="no question"):
         engine.generate([GenerationRequest("none", np.zeros((32, 32, 3), np.uint8), ())])
+
+
+def test_finished_rows_leave_the_batch_and_the_rest_stay_exact(loaded, real_image):
+    # On the fixture, 465 is the 6th token of 8 of these 13 image answers: once they stop,
+    # more than half the batch is done, so the engine drops them (cache rows, masks,
+    # positions) and the 5 others must go on exactly as when run alone.
+    stop_token = 465
+    rng = np.random.default_rng(1)
+    questions = tuple(map(Question, [*QUESTIONS[:4], "Why?", "Describe the face.", "How old?"]))
+    requests = [
+        GenerationRequest("face", real_image, (*questions, Question("Is it happy?"))),
+        GenerationRequest(
+            "noise", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), questions[:5]
+        ),
+    ]
+    engine = GenerationEngine(
+        loaded.model, loaded.tokenizer, max_new_tokens=12, eos_token_id=stop_token
+    )
+    results = engine.generate(requests)
+    assert engine.counters.decode_batch_sizes == {13: 6, 5: 6}
+    stops = [a.stop_reason for result in results for a in result.answers]
+    assert stops.count("eos") == 8 and stops.count("length") == 5
+    for request, result in zip(requests, results, strict=True):
+        for answer in result.answers:
+            alone = greedy_generate(
+                loaded.model,
+                loaded.tokenizer,
+                request.visual,
+                answer.question.text,
+                max_new_tokens=12,
+                eos_token_id=stop_token,
+            )
+            assert (answer.token_ids, answer.stop_reason) == (alone.token_ids, alone.stop_reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -191,3 +192,49 @@ def test_left_padded_batch_gives_the_same_last_logits(loaded: LoadedModel, tiny:
         alone = model.lm_forward(inputs_embeds=short[None], use_cache=False).logits[0, -1]
     assert (batched[0] - _ref(tiny, "image_logits")[0, -1]).abs().max() < 1e-4
     assert (batched[1] - alone).abs().max() < 1e-4
+
+
+def _checkpoint_without_weights(tiny: Path, folder: Path) -> dict[str, torch.Tensor]:
+    shutil.copytree(tiny / "checkpoint", folder, ignore=shutil.ignore_patterns("*.bin"))
+    return torch.load(tiny / "checkpoint" / "pytorch_model.bin", weights_only=True)
+
+
+@pytest.mark.parametrize("kind", ["bin", "safetensors"])
+def test_sharded_checkpoint_with_an_index_gives_identical_logits(
+    loaded: LoadedModel, tiny: Path, tmp_path: Path, kind: str
+) -> None:
+    # The real chaubeyG/FaceLLaVA ships `pytorch_model-0000N-of-0000M.bin` + index.
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "sharded"
+    state = _checkpoint_without_weights(tiny, folder)
+    keys = list(state)
+    weight_map: dict[str, str] = {}
+    for number, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :]), start=1):
+        shard = {key: state[key].contiguous() for key in part}
+        if kind == "bin":
+            name = f"pytorch_model-{number:05d}-of-00002.bin"
+            torch.save(shard, folder / name)
+        else:
+            name = f"model-{number:05d}-of-00002.safetensors"
+            save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+    index = "pytorch_model.bin.index.json" if kind == "bin" else "model.safetensors.index.json"
+    (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "training_args.bin").write_bytes(b"not weights")  # as in real checkpoints
+    sharded = load_model(folder, dtype=torch.float32, cache_dir=tiny / "hf_cache", offline=True)
+    assert sharded.report.loaded_tensors == loaded.report.loaded_tensors
+    assert torch.equal(_logits(sharded.model, tiny), _logits(loaded.model, tiny))
+
+
+def test_tied_word_embeddings_load_without_an_lm_head(tiny: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "tied"
+    state = _checkpoint_without_weights(tiny, folder)
+    del state["lm_head.weight"]
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    torch.save(state, folder / "pytorch_model.bin")
+    tied = load_model(folder, dtype=torch.float32, cache_dir=tiny / "hf_cache", offline=True)
+    language_model = tied.model.language_model
+    assert language_model.lm_head.weight is language_model.model.embed_tokens.weight
+    assert torch.equal(language_model.lm_head.weight, state["model.embed_tokens.weight"])

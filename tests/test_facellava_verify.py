@@ -74,3 +74,12 @@ def test_verify_fails_on_a_missing_tensor(tiny: Path, tmp_path: Path) -> None:
     assert not result.passed
     assert "MissingWeightsError" in result.table()
     assert "model.layers.0.self_attn.q_proj.weight" in result.table()
+
+
+def test_the_question_is_read_back_from_any_prompt() -> None:
+    from models.facellava.prompts import build_prompt
+    from models.facellava.verify import _question_of
+
+    for question in ("What emotion is shown?", "Look closely.\nHow old is this person?"):
+        for modality, frames in (("image", 1), ("video", 8), ("video", 3)):
+            assert _question_of(build_prompt(question, modality, frames)) == question

@@ -256,6 +256,10 @@ def build_empty_model(
     with torch.device("meta"):
         model = FaceLlava(config, resolve_attn_implementation(attn, device, dtype))
     model = model.to(dtype).to_empty(device=device)
+    # `to_empty` gives every module its own new tensor, which unties tied embeddings.
+    language_model = model.language_model
+    if language_model.config.tie_word_embeddings:
+        language_model.get_output_embeddings().weight = language_model.get_input_embeddings().weight
     reset_non_persistent_buffers(model)
     return model.eval().requires_grad_(False)
 

@@ -115,8 +115,9 @@ def greedy_generate(
 
 
 def _question_of(prompt: str) -> str:
-    """The question inside a full `llava_v1` prompt string."""
-    return prompt.rsplit("\n", 1)[1].removesuffix(" ASSISTANT:")
+    """The question inside a full `llava_v1` prompt string (it follows the first newline,
+    right after the visual placeholders; the question itself may hold newlines)."""
+    return prompt.split("\n", 1)[1].removesuffix(" ASSISTANT:")
 
 
 def _check_modality(

@@ -70,8 +70,16 @@ def run(args: argparse.Namespace) -> int:
     import structlog
 
     from models.facellava.answers import Task, parse_answer
+    from models.facellava.checkpoint import CheckpointError
     from models.facellava.engine import GenerationEngine, GenerationRequest, Question
-    from models.facellava.prompts import DEFAULT_QUESTIONS, TASK_MODALITY
+    from models.facellava.modeling import FaceLlavaConfigError
+    from models.facellava.prompts import (
+        DEFAULT_QUESTIONS,
+        TASK_MODALITY,
+        PromptError,
+        TokenizerNotFoundError,
+        prompt_suffix,
+    )
     from worker.commands.facellava_common import load_for_cli
     from worker.logs import configure_logging
 
@@ -97,14 +105,19 @@ def run(args: argparse.Namespace) -> int:
             recommended=TASK_MODALITY[task],
         )
 
-    loaded, options, device = load_for_cli(args)
+    question = Question(args.question or DEFAULT_QUESTIONS[task], task)
+    try:
+        prompt_suffix(question.text)  # a bad --question fails before the slow load
+        loaded, options, device = load_for_cli(args)
+    except (PromptError, CheckpointError, TokenizerNotFoundError, FaceLlavaConfigError) as exc:
+        print(f"facestream ask: {exc}", file=sys.stderr)
+        return 2
     engine = GenerationEngine(
         loaded.model,
         loaded.tokenizer,
         max_new_tokens=options.max_new_tokens,
         eos_token_id=loaded.eos_token_id,
     )
-    question = Question(args.question or DEFAULT_QUESTIONS[task], task)
     (result,) = engine.generate([GenerationRequest(str(source), visual, (question,))])
     answer = result.answers[0]
     parsed = parse_answer(task, answer.text)
