@@ -303,7 +303,9 @@ class VideoSource:
         self._counts = dict.fromkeys(SourceStats.__dataclass_fields__, 0)
         self._timeline = _Timeline()
         self._sampler = _Sampler(self.options.sample_fps)
-        self._drop_oldest = self.url.is_live  # queue policy; http(s) decides once open
+        # Live: drop the oldest queued frame, reconnect on any failure. http(s) decides
+        # once open (no duration = live) and keeps that for its reconnects.
+        self._live = self.url.is_live
 
     # -- public -------------------------------------------------------------------------
 
@@ -326,7 +328,7 @@ class VideoSource:
     def is_live(self) -> bool:
         """True for rtsp/rtsps. (An http(s) source is treated as live once open if FFmpeg
         reports no duration, e.g. live HLS.)"""
-        return self.url.is_live
+        return self._live
 
     def frames(self) -> Iterator[Frame]:
         """Sampled frames until the end (files), or until `close()`; raises `SourceError`."""
@@ -412,7 +414,7 @@ class VideoSource:
                     attempt += 1
                     continue
                 except SourceError as exc:
-                    if not self.url.is_live:
+                    if not self._live:
                         raise
                     failures += 1
                     self._check_give_up(failures, exc)
@@ -472,7 +474,7 @@ class VideoSource:
                         self._queue.get_nowait()
 
     def _deliver(self, frame: Frame) -> None:
-        if self._drop_oldest:
+        if self._live:
             while True:
                 try:
                     self._queue.put_nowait(frame)
@@ -530,7 +532,7 @@ class VideoSource:
                 self.url.scheme in ("http", "https") and container.duration is None
             )
             sampler = self._sampler
-            self._drop_oldest = not finite
+            self._live = not finite
             self._timeline.reconnected()
             started_mono = time.monotonic()
             last_frame_mono = started_mono

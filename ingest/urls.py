@@ -108,12 +108,20 @@ def _split_userinfo(url: str) -> tuple[str, str, str]:
     """(`scheme://`, userinfo or "", the rest after `@`); the authority ends at the first '/'.
 
     Done by hand because an unencoded '?', '#' or ':' in a password confuses `urlsplit`.
+    An '@' later in the path (before any '?' or '#') is taken as the end of a userinfo
+    too: a password with an unencoded '/' must not show, and over-redacting is harmless.
     """
     match = _AUTHORITY_RE.match(url)
-    if not match or "@" not in match.group("authority"):
+    if not match:
         return "", "", url
-    userinfo, _, host = match.group("authority").rpartition("@")
-    return match.group("scheme"), userinfo, host + match.group("rest")
+    authority, rest = match.group("authority"), match.group("rest")
+    if "@" not in authority:
+        head = re.split(r"[?#]", authority + rest, maxsplit=1)[0]
+        if "@" not in head:
+            return "", "", url
+        authority, rest = head, (authority + rest)[len(head) :]
+    userinfo, _, host = authority.rpartition("@")
+    return match.group("scheme"), userinfo, host + rest
 
 
 def redact_url(url: str) -> str:
@@ -178,8 +186,9 @@ def check_source_url(url: str, allow_file: bool) -> SourceURL:
         try:
             parts = urlsplit(url)
             _ = parts.port  # raises ValueError on a malformed port
-        except ValueError as exc:
-            raise _refuse(url, f"malformed URL ({exc})") from None
+        except ValueError:
+            # urlsplit's message quotes the netloc or a port made of a password's start.
+            raise _refuse(url, "malformed URL (check the host, port and brackets)") from None
         if not url[len(scheme) :].startswith("://") or not parts.hostname:
             raise _refuse(url, "the host is empty")
         ffmpeg_url = scheme + url[len(scheme) :]
@@ -195,5 +204,9 @@ def check_source_url(url: str, allow_file: bool) -> SourceURL:
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise _refuse(url, "file URLs must be file:///absolute/path")
-        return _check_local_path(url, unquote(parts.path))
+        path = unquote(parts.path)
+        if any(not ch.isprintable() for ch in path):
+            # A decoded NUL would cut the name FFmpeg sees (and dodge the playlist check).
+            raise _refuse(url, "the path contains control characters")
+        return _check_local_path(url, path)
     raise _refuse(url, f"scheme {scheme!r} is not accepted")

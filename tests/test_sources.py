@@ -384,3 +384,37 @@ def test_rtsp_over_udp_transport(rtsp_server: RtspServer) -> None:
         if len(frames) == 3:
             source.close()
     assert len(frames) == 3
+
+
+# -- live HTTP (HLS without an end) -----------------------------------------------------------
+
+
+def test_live_hls_keeps_reconnecting_when_its_server_goes_away(tmp_path: Path) -> None:
+    # A playlist without #EXT-X-ENDLIST has no duration: live. Its failed reopens must lead to
+    # more reconnects (as for RTSP), not to an error after the first one.
+    import functools
+    import http.server
+
+    from tests.test_urls import _playlist, _QuietHandler, _write_ts_segment
+
+    _write_ts_segment(tmp_path / "seg0.ts")
+    (tmp_path / "live.m3u8").write_text(_playlist("seg0.ts").replace("#EXT-X-ENDLIST\n", ""))
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=server.serve_forever, name="test-http", daemon=True).start()
+    options = LIVE.model_copy(
+        update={"stall_timeout_s": 1.5, "read_timeout_s": 1.5, "reconnect_max_s": 0.3}
+    )
+    consumer = start_consumer(f"http://127.0.0.1:{server.server_address[1]}/live.m3u8", options)
+    try:
+        consumer.wait_for(lambda: len(consumer.frames) >= 2, 20, "first frames")
+        assert consumer.source.is_live
+        server.shutdown()
+        server.server_close()
+        consumer.wait_for(lambda: consumer.source.stats.reconnects >= 3, 20, "three retries")
+        assert consumer.error is None
+        assert consumer.source.state is SourceState.RECONNECTING
+    finally:
+        consumer.source.close()
+        consumer.thread.join(5)
+        server.server_close()

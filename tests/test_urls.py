@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(60)
         ("https://cdn.example/a.m3u8?token=abc123&q=2", "https://cdn.example/a.m3u8?token=***&q=2"),
         ("http://h/x?api_key=s3cr3t", "http://h/x?api_key=***"),
         ("rtsp://cam.local/live", "rtsp://cam.local/live"),
+        ("rtsp://admin:zq/xk99@cam.local/live", "rtsp://***@cam.local/live"),
         ("/videos/a.mp4", "/videos/a.mp4"),
     ],
 )
@@ -125,6 +126,26 @@ def test_local_files_are_refused_unless_allowed(url: str) -> None:
     assert source.scheme == "file" and not source.is_live
     assert source.ffmpeg_url.startswith("file:/")
     assert source.protocol_whitelist == "file"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rtsp://admin:zq/xk99@cam/live",  # unencoded '/': urlsplit reads "zq" as the port
+        "rtsp://admin:zq\uff20xk99@cam/live",  # NFKC '@': urlsplit quotes the netloc
+    ],
+)
+def test_malformed_url_refusal_does_not_quote_the_password(url: str) -> None:
+    with pytest.raises(UnsupportedURLError, match="malformed") as caught:
+        check_source_url(url, allow_file=False)
+    for secret in ("admin", "zq", "xk99"):
+        assert secret not in str(caught.value)
+
+
+def test_file_url_whose_decoded_path_has_a_nul_is_refused() -> None:
+    # FFmpeg would see "/tmp/list.m3u8" while the suffix check saw ".mp4".
+    with pytest.raises(UnsupportedURLError, match="control characters"):
+        check_source_url("file:///tmp/list.m3u8%00.mp4", allow_file=True)
 
 
 @pytest.mark.parametrize(

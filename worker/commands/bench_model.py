@@ -55,7 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--repeats", type=int, default=1, help="Time each cell this many times; keep the fastest."
+        "--repeats",
+        type=int,
+        default=2,
+        help="Time each cell this many times; keep the fastest (a new batch size's first run "
+        "is cold: allocator growth on the GPU).",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU: torch intra-op threads (default: torch's)."
