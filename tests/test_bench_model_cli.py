@@ -16,7 +16,8 @@ def test_bench_model_tiny_prints_engine_and_single_rows(testdata: Path, capsys):
     status = main(
         [
             *("bench", "model", "--config", "tiny", "--random-weights", "--device", "cpu"),
-            *("--batch-sizes", "1,2", "--max-new-tokens", "3", "--tokenizer", str(tokenizer)),
+            *("--batch-sizes", "1,2", "--max-new-tokens", "3", "--repeats", "1"),
+            *("--tokenizer", str(tokenizer)),
         ]
     )
     assert status == 0
