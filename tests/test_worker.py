@@ -28,6 +28,7 @@ from worker.events import FaceEvent, event_id_for
 from worker.scheduler import WindowJob, WindowQueue
 from worker.service import (
     DETECTOR_FAILURES_IN_ROW,
+    MODEL_FAILURES_IN_ROW,
     SUPERVISOR_STALL_S,
     StreamRunner,
     Worker,
@@ -268,6 +269,35 @@ def test_model_loop_marks_a_failed_batch_done(bare_worker) -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert bare_worker.metrics.windows_dropped.labels("model_error")._value.get() == 1
+
+
+def test_model_loop_survives_a_failed_batch_and_ends_only_after_repeated_failures(
+    bare_worker,
+) -> None:
+    class Failing:
+        calls = 0
+
+        def answer(self, jobs):
+            Failing.calls += 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    bare_worker._answerer = Failing()
+    bare_worker._spawn("model", bare_worker._model_loop)  # as run() does: death is logged
+    thread = bare_worker._threads["model"]
+    for track_id in range(MODEL_FAILURES_IN_ROW - 1):
+        bare_worker.queue.put(_job("cam-m", track_id))
+        deadline = time.monotonic() + 5
+        while Failing.calls <= track_id and time.monotonic() < deadline:
+            time.sleep(0.01)
+    time.sleep(0.1)
+    assert thread.is_alive(), "one failed batch must not end the model loop"
+    bare_worker.queue.put(_job("cam-m", 999))
+    thread.join(5)
+    assert not thread.is_alive(), "repeated failures end the loop so /healthz can say so"
+    alive, why = bare_worker._alive()
+    assert not alive and "model" in why
+    dropped = bare_worker.metrics.windows_dropped.labels("model_error")._value.get()
+    assert dropped == MODEL_FAILURES_IN_ROW
 
 
 def test_detector_failure_skips_the_batch_and_only_repeated_failures_end_the_loop(

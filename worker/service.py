@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 SUPERVISOR_TICK_S = 1.0
 SUPERVISOR_STALL_S = 30.0  # /healthz: a supervisor tick this late means the loop is stuck
 DETECTOR_FAILURES_IN_ROW = 10  # failed batches in a row before the detector thread gives up
+MODEL_FAILURES_IN_ROW = 10  # likewise for the model thread (a broken GPU shows on /healthz)
 
 
 class Detector(Protocol):
@@ -620,8 +621,11 @@ class Worker:
     # -- model loop -------------------------------------------------------------------------
 
     def _model_loop(self) -> None:
+        """Answer window batches; a failed batch is dropped (counted), and only
+        `MODEL_FAILURES_IN_ROW` failures in a row end the thread."""
         assert self._answerer is not None
         scheduler = self.settings.scheduler
+        failures_in_row = 0
         while True:
             jobs = self.queue.take(
                 self.settings.model.max_batch_clips, scheduler.batch_wait_ms / 1000, 0.5
@@ -634,9 +638,13 @@ class Worker:
             try:
                 try:
                     events = self._answerer.answer(jobs)
+                    failures_in_row = 0
                 except Exception:
                     log.exception("model batch failed; its windows are dropped", jobs=len(jobs))
                     self.metrics.windows_dropped.labels("model_error").inc(len(jobs))
+                    failures_in_row += 1
+                    if failures_in_row >= MODEL_FAILURES_IN_ROW:
+                        raise  # the thread ends; /healthz reports the model loop dead
                     events = []
                 now_s = time.time()
                 for event in events:
