@@ -9,6 +9,7 @@ crops. Parts of the square outside the frame are black. Crops are RGB uint8.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,14 +46,10 @@ def crop_face(
     margin: float = 0.25,
 ) -> np.ndarray:
     """Cut one face from a BGR frame: (size_px, size_px, 3) uint8 RGB, black off-frame."""
-    left, top, side = crop_square_xyxy(box_xyxy, mode, margin)
-    x0, y0 = round(left), round(top)
-    side_px = max(round(side), 1)
-    x1, y1 = x0 + side_px, y0 + side_px
-    frame_h, frame_w = image_bgr.shape[:2]
+    x0, y0, x1, y1 = _square_px(box_xyxy, mode, margin)
+    side_px = x1 - x0
     # Intersection with the frame, then pad the rest with black.
-    ix0, iy0 = max(x0, 0), max(y0, 0)
-    ix1, iy1 = min(x1, frame_w), min(y1, frame_h)
+    ix0, iy0, ix1, iy1 = _in_frame(x0, y0, x1, y1, image_bgr.shape)
     if ix0 >= ix1 or iy0 >= iy1:
         return np.zeros((size_px, size_px, 3), np.uint8)
     square = image_bgr[iy0:iy1, ix0:ix1]
@@ -71,6 +68,50 @@ def crop_face(
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
 
+def _square_px(
+    box_xyxy: np.ndarray | tuple[float, ...], mode: CropMode, margin: float
+) -> tuple[int, int, int, int]:
+    left, top, side = crop_square_xyxy(box_xyxy, mode, margin)
+    x0, y0 = round(left), round(top)
+    side_px = max(round(side), 1)
+    return x0, y0, x0 + side_px, y0 + side_px
+
+
+def _in_frame(
+    x0: int, y0: int, x1: int, y1: int, frame_shape: tuple[int, ...]
+) -> tuple[int, int, int, int]:
+    frame_h, frame_w = frame_shape[:2]
+    return max(x0, 0), max(y0, 0), min(x1, frame_w), min(y1, frame_h)
+
+
+def crop_in_frame_xyxy(
+    frame_shape: tuple[int, ...],
+    box_xyxy: np.ndarray | tuple[float, ...],
+    size_px: int = 256,
+    mode: CropMode = "facellava",
+    margin: float = 0.25,
+) -> tuple[int, int, int, int]:
+    """The part of `crop_face`'s output that shows the frame, as (x0, y0, x1, y1) crop pixels.
+
+    On a side with black padding, the pixels the resize blends with the black are left
+    out too (one source pixel and one crop pixel more). Empty (x0 >= x1) when the square
+    misses the frame.
+    """
+    x0, y0, x1, y1 = _square_px(box_xyxy, mode, margin)
+    ix0, iy0, ix1, iy1 = _in_frame(x0, y0, x1, y1, frame_shape)
+    scale = size_px / (x1 - x0)
+    guard = math.ceil(scale) + 1
+
+    def span(start: int, stop: int, in_start: int, in_stop: int) -> tuple[int, int]:
+        lo = math.ceil((in_start - start) * scale) + (guard if in_start > start else 0)
+        hi = math.floor((in_stop - start) * scale) - (guard if in_stop < stop else 0)
+        return max(lo, 0), min(hi, size_px)
+
+    cx0, cx1 = span(x0, x1, ix0, ix1)
+    cy0, cy1 = span(y0, y1, iy0, iy1)
+    return cx0, cy0, cx1, cy1
+
+
 @dataclass(frozen=True)
 class CropQuality:
     """How good a crop is for the model, each part in [0, 1]; `score` is their weighted sum.
@@ -80,7 +121,8 @@ class CropQuality:
     - `frontal`: 1 when the nose tip sits midway between the eyes and midway between the
       mouth corners (measured along each pair's own axis, so head roll does not count),
       falling linearly to 0 when it reaches one side (a profile).
-    - `sharpness`: v / (v + 100) with v the variance of the Laplacian of the grey crop.
+    - `sharpness`: v / (v + 100) with v the variance of the Laplacian of the grey crop's
+      in-frame part (the edge of the black padding would count as detail otherwise).
     Weights: detector 0.2, size 0.25, frontal 0.3, sharpness 0.25.
     """
 
@@ -114,21 +156,37 @@ def frontalness(landmarks: np.ndarray) -> float:
     return 0.5 * (centred_on(left_eye, right_eye) + centred_on(left_mouth, right_mouth))
 
 
-def sharpness(crop_rgb: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey crop, squashed into [0, 1)."""
+def sharpness(crop_rgb: np.ndarray, in_frame: tuple[int, int, int, int] | None = None) -> float:
+    """Variance of the Laplacian of the grey crop, squashed into [0, 1).
+
+    `in_frame` (x0, y0, x1, y1), from `crop_in_frame_xyxy`, limits it to the part that
+    shows the frame; under 3×3 pixels of it scores 0.
+    """
+    if in_frame is not None:
+        x0, y0, x1, y1 = in_frame
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            return 0.0
+        crop_rgb = crop_rgb[y0:y1, x0:x1]
     grey = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
     variance = float(cv2.Laplacian(grey, cv2.CV_32F).var())
     return variance / (variance + _SHARPNESS_HALF)
 
 
 def crop_quality(
-    crop_rgb: np.ndarray, box_xyxy: np.ndarray, detector_score: float, landmarks: np.ndarray
+    crop_rgb: np.ndarray,
+    box_xyxy: np.ndarray,
+    detector_score: float,
+    landmarks: np.ndarray,
+    in_frame: tuple[int, int, int, int] | None = None,
 ) -> CropQuality:
-    """Score one crop for 'best image of the window' (see `CropQuality`)."""
+    """Score one crop for 'best image of the window' (see `CropQuality`).
+
+    Pass `in_frame` (`crop_in_frame_xyxy`) for crops that may leave the frame.
+    """
     height_px = float(box_xyxy[3] - box_xyxy[1])
     return CropQuality(
         detector=float(np.clip(detector_score, 0.0, 1.0)),
         size=float(np.clip(height_px / _FULL_SIZE_PX, 0.0, 1.0)),
         frontal=frontalness(landmarks),
-        sharpness=sharpness(crop_rgb),
+        sharpness=sharpness(crop_rgb, in_frame),
     )

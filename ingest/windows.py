@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest.crops import crop_face, crop_quality
+from ingest.crops import crop_face, crop_in_frame_xyxy, crop_quality
 from ingest.frames import Frame
 from ingest.requests import ClipRequest, ImageRequest, WindowInfo
 from ingest.tracking import TrackedFaces
@@ -166,10 +166,12 @@ class WindowBuilder:
                     continue
                 state = _TrackWindows(window_start_s=frame.pts_s, samples=deque())
                 self._tracks[track_id] = state
-            crop = crop_face(
-                frame.image_bgr, boxes[i], opts.crop_size_px, opts.crop_mode, opts.crop_margin
+            geometry = (boxes[i], opts.crop_size_px, opts.crop_mode, opts.crop_margin)
+            crop = crop_face(frame.image_bgr, *geometry)
+            in_frame = crop_in_frame_xyxy(frame.image_bgr.shape, *geometry)
+            quality = crop_quality(
+                crop, boxes[i], float(dets.scores[i]), dets.landmarks[i], in_frame
             )
-            quality = crop_quality(crop, boxes[i], float(dets.scores[i]), dets.landmarks[i])
             x1, y1, x2, y2 = (float(v) for v in boxes[i])
             state.samples.append(
                 _Sample(

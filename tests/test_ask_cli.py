@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,8 +17,10 @@ from PIL import Image
 from models.facellava.answers import Task
 from models.facellava.checkpoint import LoadedModel, load_model
 from models.facellava.engine import greedy_generate
+from models.facellava.preprocess import sample_frame_indices
 from models.facellava.prompts import DEFAULT_QUESTIONS
 from worker.cli import main
+from worker.commands.ask import count_clip_frames, read_clip_rgb
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -113,3 +117,41 @@ def test_ask_reports_a_bad_question_and_a_missing_checkpoint(tmp_path, tiny, cap
     missing = ("--model", str(tmp_path / "no-such-checkpoint"), "--offline", "--device", "cpu")
     assert main(["ask", str(path), "--task", "age", *missing]) == 2
     assert "no-such-checkpoint" in capsys.readouterr().err
+
+
+def _write_lossless_clip(path: Path, count: int, side: int) -> None:
+    """`count` frames of noise, lossless (ffv1), so decoded frames are exactly known."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width = stream.height = side
+        stream.pix_fmt = "bgr0"
+        for _ in range(count):
+            pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_reading_a_clip_keeps_only_the_sampled_frames(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "long.mkv"
+    count, side = 150, 128  # all frames: 7.4 MB of RGB; 8 frames: 0.4 MB
+    _write_lossless_clip(path, count, side)
+    with av.open(str(path)) as container:
+        every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert count_clip_frames(path) == len(every) == count
+    indices = sample_frame_indices(count, 8)
+    tracemalloc.start()
+    try:
+        frames = read_clip_rgb(path, indices)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(frames, np.stack([every[i] for i in indices]))
+    frame_bytes = side * side * 3
+    assert peak < 2 * len(indices) * frame_bytes + 1_000_000, peak
+    # A clip shorter than the sample repeats frames, as the plain loop does.
+    short = sample_frame_indices(3, 8)
+    np.testing.assert_array_equal(read_clip_rgb(path, short), np.stack([every[i] for i in short]))

@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from ingest.crops import crop_face, crop_quality, crop_square_xyxy, frontalness, sharpness
+from ingest.crops import (
+    crop_face,
+    crop_in_frame_xyxy,
+    crop_quality,
+    crop_square_xyxy,
+    frontalness,
+    sharpness,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,3 +92,41 @@ def test_quality_prefers_sharp_large_frontal_faces() -> None:
     small_blurry = crop_quality(blurred, np.array([0, 0, 30, 30]), 0.99, lm)
     assert 0.0 <= small_blurry.score < good.score <= 1.0
     assert good.size == 1.0 and small_blurry.size == pytest.approx(30 / 112)
+
+
+@pytest.mark.parametrize("size_px", [32, 60, 256])  # down-scaled, same size, up-scaled
+def test_in_frame_region_of_a_padded_crop_holds_no_black_nor_blend(size_px) -> None:
+    frame = grid_frame()  # channel R is 200 everywhere in the frame
+    box = (600, 330, 660, 390)  # the square leaves the frame right and below
+    crop = crop_face(frame, box, size_px=size_px)
+    x0, y0, x1, y1 = crop_in_frame_xyxy(frame.shape, box, size_px=size_px)
+    assert 0 == x0 < x1 < size_px and 0 == y0 < y1 < size_px
+    assert (crop[y0:y1, x0:x1, 0] == 200).all()
+    inside = (100, 50, 160, 130)
+    assert crop_in_frame_xyxy(frame.shape, inside, size_px=size_px) == (0, 0, size_px, size_px)
+    x0, y0, x1, y1 = crop_in_frame_xyxy(frame.shape, (700, 400, 760, 460), size_px=size_px)
+    assert x0 >= x1 and y0 >= y1  # off the frame: empty
+
+
+def test_face_cut_by_the_frame_edge_does_not_score_sharper_than_whole() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (100, 100), dtype=np.uint8).astype(np.float32)
+    face = cv2.GaussianBlur(noise, (0, 0), 3)  # a soft face: little fine detail
+    face = np.repeat(
+        ((face - face.mean()) * 8 + 128).clip(0, 255).astype(np.uint8)[..., None], 3, 2
+    )
+    whole_frame = np.zeros((360, 640, 3), np.uint8)
+    whole_frame[100:200, 200:300] = face
+    cut_frame = np.zeros((360, 640, 3), np.uint8)
+    cut_frame[100:200, 580:640] = face[:, :60]  # the right 40 % is off the frame
+    lm = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    whole_box, cut_box = np.array([200, 100, 300, 200]), np.array([580, 100, 680, 200])
+    whole = crop_face(whole_frame, whole_box, size_px=200)
+    cut = crop_face(cut_frame, cut_box, size_px=200)
+    whole_q = crop_quality(
+        whole, whole_box, 0.9, lm, crop_in_frame_xyxy(whole_frame.shape, whole_box, 200)
+    )
+    cut_q = crop_quality(cut, cut_box, 0.9, lm, crop_in_frame_xyxy(cut_frame.shape, cut_box, 200))
+    assert sharpness(cut) > whole_q.sharpness + 0.1  # the black edge, if it counted
+    assert cut_q.sharpness <= whole_q.sharpness + 0.01  # same texture, same sharpness
+    assert cut_q.score <= whole_q.score + 0.01

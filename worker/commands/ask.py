@@ -2,8 +2,9 @@
 
 SOURCE is a face crop image (png/jpg) or a pre-cropped face clip (mp4 or any video PyAV
 reads: 8 frames are taken at `floor(linspace(0, n-1, 8))` over all its frames, as the
-authors do). Prints one JSON object: the question, the answer text, its token ids, and
-the structured result the answer parser finds in it (or null).
+authors do; one decode pass counts the n frames, a second keeps only the 8). Prints one
+JSON object: the question, the answer text, its token ids, and the structured result the
+answer parser finds in it (or null).
 """
 
 from __future__ import annotations
@@ -49,19 +50,48 @@ def read_image_rgb(path: Path):
         raise SourceReadError(f"cannot read image {path}: {exc}") from exc
 
 
-def read_clip_rgb(path: Path):
-    """Every frame of a video file as (T, H, W, 3) uint8 RGB."""
+def count_clip_frames(path: Path) -> int:
+    """How many frames decoding the video gives: a decode pass that keeps no frame.
+
+    The container's frame count is not used: it is missing or inexact for many files,
+    and the sampled indices must be those of the frames decoding gives.
+    """
     import av
-    import numpy as np
 
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            count = sum(1 for _ in container.decode(container.streams.video[0]))
     except (av.FFmpegError, IndexError) as exc:
         raise SourceReadError(f"cannot decode video {path}: {exc}") from exc
-    if not frames:
+    if count == 0:
         raise SourceReadError(f"video {path} has no frames")
+    return count
+
+
+def read_clip_rgb(path: Path, indices: list[int]):
+    """The frames at `indices` (ascending, repeats allowed) as (T, H, W, 3) uint8 RGB.
+
+    Only those frames are converted and kept, so a long clip needs memory for
+    len(indices) frames, not for all of them.
+    """
+    import av
+    import numpy as np
+
+    wanted: dict[int, int] = {}
+    for index in indices:
+        wanted[index] = wanted.get(index, 0) + 1
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            for number, frame in enumerate(container.decode(container.streams.video[0])):
+                if number in wanted:
+                    frames.extend([frame.to_ndarray(format="rgb24")] * wanted[number])
+                    if len(frames) == len(indices):
+                        break
+    except (av.FFmpegError, IndexError) as exc:
+        raise SourceReadError(f"cannot decode video {path}: {exc}") from exc
+    if len(frames) != len(indices):
+        raise SourceReadError(f"video {path} ended before frame {max(indices)}")
     return np.stack(frames)
 
 
@@ -73,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from models.facellava.checkpoint import CheckpointError
     from models.facellava.engine import GenerationEngine, GenerationRequest, Question
     from models.facellava.modeling import FaceLlavaConfigError
+    from models.facellava.preprocess import sample_frame_indices
     from models.facellava.prompts import (
         DEFAULT_QUESTIONS,
         TASK_MODALITY,
@@ -92,11 +123,14 @@ def run(args: argparse.Namespace) -> int:
     task = Task(args.task)
     try:
         is_image = source.suffix.lower() in IMAGE_SUFFIXES
-        visual = read_image_rgb(source) if is_image else read_clip_rgb(source)
+        # A clip is only counted here (a bad one fails before the slow load); its
+        # sampled frames are decoded once the model says how many it takes.
+        visual = read_image_rgb(source) if is_image else None
+        frame_count = None if is_image else count_clip_frames(source)
     except SourceReadError as exc:
         print(f"facestream ask: {exc}", file=sys.stderr)
         return 2
-    modality = "image" if visual.ndim == 3 else "video"
+    modality = "image" if is_image else "video"
     if modality != TASK_MODALITY[task]:
         log.warning(
             "task asked of the other modality than the authors recommend",
@@ -118,6 +152,13 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=options.max_new_tokens,
         eos_token_id=loaded.eos_token_id,
     )
+    if visual is None:
+        indices = sample_frame_indices(frame_count, engine.num_frames)
+        try:
+            visual = read_clip_rgb(source, indices)
+        except SourceReadError as exc:
+            print(f"facestream ask: {exc}", file=sys.stderr)
+            return 2
     (result,) = engine.generate([GenerationRequest(str(source), visual, (question,))])
     answer = result.answers[0]
     parsed = parse_answer(task, answer.text)
@@ -125,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "source": str(source),
         "task": task.value,
         "modality": modality,
-        "frames_in_source": int(visual.shape[0]) if modality == "video" else None,
+        "frames_in_source": frame_count,
         "question": question.text,
         "answer": answer.text,
         "token_ids": list(answer.token_ids),
