@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 LIVE_SCHEMES = ("rtsp", "rtsps")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -96,12 +96,19 @@ class SourceURL:
         return self.redacted
 
 
+def _query_pairs(query: str) -> list[tuple[str, str, str]]:
+    """(key, '=', value) per parameter; both '&' and ';' separate (some cameras use ';')."""
+    return [part.partition("=") for part in re.split(r"[&;]", query)]
+
+
 def _redact_query(query: str) -> str:
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not pairs:
-        return query
-    kept = [(k, "***" if _SECRET_KEY_RE.search(k) else v) for k, v in pairs]
-    return urlencode(kept, safe="*/:")
+    """The query with token-like values replaced by `***`; everything else as written."""
+    parts = re.split(r"([&;])", query)
+    for i in range(0, len(parts), 2):
+        key, eq, _value = parts[i].partition("=")
+        if eq and _SECRET_KEY_RE.search(unquote_plus(key)):
+            parts[i] = f"{key}=***"
+    return "".join(parts)
 
 
 def _split_userinfo(url: str) -> tuple[str, str, str]:
@@ -142,7 +149,9 @@ def _secrets_of(url: str) -> list[str]:
     _, userinfo, rest = _split_userinfo(url)
     found: list[str] = [userinfo, *userinfo.split(":", 1)] if userinfo else []
     query = rest.partition("?")[2].partition("#")[0]
-    found += [v for k, v in parse_qsl(query) if _SECRET_KEY_RE.search(k)]
+    found += [
+        v for k, eq, v in _query_pairs(query) if eq and _SECRET_KEY_RE.search(unquote_plus(k))
+    ]
     found += [unquote(s) for s in found]
     return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
 

@@ -102,6 +102,14 @@ def test_status_reports_unreachable_redis_with_exit_2(redis_server: RedisServer)
     assert "hunter2" not in done.stderr
 
 
+def test_status_reports_an_error_reply_without_a_traceback(redis_server: RedisServer) -> None:
+    redis_server.client().set(f"{PREFIX}:streams", "not a set")  # WRONGTYPE for SMEMBERS
+    done = facestream("status", "--redis-url", redis_server.url, "--prefix", PREFIX)
+    assert done.returncode == 2
+    assert "error reply from Redis" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_tail_from_start_prints_raw_json_of_each_event(redis_server: RedisServer) -> None:
     events = [make_event(0.0), make_event(0.0, task=Task.AGE), make_event(0.8)]
     seed(redis_server, events, [])

@@ -35,6 +35,8 @@ pytestmark = pytest.mark.timeout(60)
         ("http://h/x?api_key=s3cr3t", "http://h/x?api_key=***"),
         ("rtsp://cam.local/live", "rtsp://cam.local/live"),
         ("rtsp://admin:zq/xk99@cam.local/live", "rtsp://***@cam.local/live"),
+        ("rtsp://cam/live?user=a;password=b", "rtsp://cam/live?user=a;password=***"),
+        ("http://h/x?Pass%77ord=a%20b&y=2", "http://h/x?Pass%77ord=***&y=2"),
         ("/videos/a.mp4", "/videos/a.mp4"),
     ],
 )

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from worker.redis_keys import RedisKeys
     from worker.settings import Settings
-    from worker.status import StreamStatusReader
+    from worker.status import StatusFormatError, StreamStatusReader
 
     settings = Settings().redis
     url = args.redis_url or settings.url
@@ -61,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
             _print_one(status, as_json=args.json)
             return 0
         statuses = reader.list_all()
-    except redis.ConnectionError as exc:
+    except redis.RedisError as exc:  # unreachable, timed out, or an unexpected reply
         return report_unreachable(url, exc)
+    except StatusFormatError as exc:
+        print(f"unreadable status in Redis: {exc}", file=sys.stderr)
+        return EXIT_REDIS_UNREACHABLE
     finally:
         client.close()
     if args.json:
@@ -110,12 +113,18 @@ def _print_table(statuses: list[StreamStatus]) -> None:
 
 
 def report_unreachable(url: str, error: Exception) -> int:
-    """Say (redacted) that Redis did not answer; the exit status for it."""
+    """Say (redacted) that Redis did not answer or answered with an error; its exit status."""
+    import redis
+
     from ingest.urls import redact_url
 
+    what = (
+        "cannot reach Redis at"
+        if isinstance(error, redis.ConnectionError | redis.TimeoutError)
+        else "error reply from Redis at"
+    )
     print(
-        f"cannot reach Redis at {redact_url(url)}: {error} "
-        "(set --redis-url or FACESTREAM_REDIS__URL)",
+        f"{what} {redact_url(url)}: {error} (set --redis-url or FACESTREAM_REDIS__URL)",
         file=sys.stderr,
     )
     return EXIT_REDIS_UNREACHABLE

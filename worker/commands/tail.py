@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                     printed += 1
                     if args.count is not None and printed >= args.count:
                         return 0
-    except redis.ConnectionError as exc:
+    except redis.RedisError as exc:  # unreachable, timed out, or an unexpected reply
         return report_unreachable(url, exc)
     finally:
         client.close()
