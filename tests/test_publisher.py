@@ -377,3 +377,39 @@ def test_events_are_counted_exactly_after_redis_forgets_the_script(
     assert stats.published == 3
     assert stats.duplicates_suppressed == 0
     assert stats.redis_errors == 0
+
+
+def test_event_is_written_even_when_the_person_key_has_the_wrong_type(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    client.set("fs-test:person:cam-1:7", "not a hash")  # e.g. an operator's stray key
+    event = make_event(0.0)
+    with EventPublisher(settings_for(redis_server.url)) as publisher:
+        publisher.publish(event)
+        assert publisher.flush(timeout_s=5)
+        stats = publisher.stats()
+    assert stream_events(client, "fs-test:events") == [event]
+    assert stats.published == 1 and stats.duplicates_suppressed == 0
+
+
+def test_a_failed_stream_write_leaves_no_seen_marker_so_the_event_is_not_lost(
+    redis_server: RedisServer,
+) -> None:
+    client = redis_server.client()
+    client.set("fs-test:events", "not a stream")  # XADD fails with WRONGTYPE
+    event = make_event(0.0)
+    publisher = EventPublisher(settings_for(redis_server.url)).start()
+    try:
+        publisher.publish(event)
+        deadline = time.monotonic() + 5
+        while publisher.stats().redis_errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert publisher.stats().redis_errors > 0
+        assert not client.exists(f"fs-test:seen:{event.event_id}")
+        client.delete("fs-test:events")  # the operator repairs the key
+        assert publisher.flush(timeout_s=10)
+        assert stream_events(client, "fs-test:events") == [event]
+        assert publisher.stats().duplicates_suppressed == 0
+    finally:
+        publisher.stop()

@@ -39,25 +39,32 @@ log = structlog.get_logger(__name__)
 # ARGV: dedup ttl s, stream maxlen, live channel, event json, event id, stream id, track id,
 #       task, frame wall time s, window end s, person ttl s.
 # Returns 1 when written, 0 when the event id was already published.
+# Order matters: the seen marker is set only after the stream entry exists (a failing
+# XADD leaves nothing behind and the batch is retried), and the person hash, a
+# convenience view, is updated under pcall so an odd key there cannot lose the event.
 _PUBLISH_LUA = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
   'event', ARGV[4], 'event_id', ARGV[5], 'stream_id', ARGV[6], 'track_id', ARGV[7],
   'task', ARGV[8])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
--- The person hash keeps the newest window per task, even when windows finish out of order.
-local previous = redis.call('HGET', KEYS[3], ARGV[8])
-if (not previous) or cjson.decode(previous)['window_end_s'] <= tonumber(ARGV[10]) then
-  redis.call('HSET', KEYS[3], ARGV[8], ARGV[4])
+local function update_person()
+  -- The newest window per task wins, even when windows finish out of order.
+  local previous = redis.call('HGET', KEYS[3], ARGV[8])
+  if (not previous) or cjson.decode(previous)['window_end_s'] <= tonumber(ARGV[10]) then
+    redis.call('HSET', KEYS[3], ARGV[8], ARGV[4])
+  end
+  local last_seen = tonumber(redis.call('HGET', KEYS[3], 'last_seen_s') or '0')
+  if tonumber(ARGV[9]) > last_seen then
+    redis.call('HSET', KEYS[3], 'last_seen_s', ARGV[9])
+  end
+  redis.call('HSET', KEYS[3], 'stream_id', ARGV[6], 'track_id', ARGV[7])
+  redis.call('EXPIRE', KEYS[3], ARGV[11])
 end
-local last_seen = tonumber(redis.call('HGET', KEYS[3], 'last_seen_s') or '0')
-if tonumber(ARGV[9]) > last_seen then
-  redis.call('HSET', KEYS[3], 'last_seen_s', ARGV[9])
-end
-redis.call('HSET', KEYS[3], 'stream_id', ARGV[6], 'track_id', ARGV[7])
-redis.call('EXPIRE', KEYS[3], ARGV[11])
+pcall(update_person)
 return 1
 """
 _PUBLISH_LUA_SHA = hashlib.sha1(_PUBLISH_LUA.encode()).hexdigest()
