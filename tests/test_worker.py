@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -590,3 +591,27 @@ def test_worker_survives_redis_outage_and_events_resume(
     )
     assert float(errors_line.split()[1]) > 0, "the outage was not noticed"
     assert worker.process.poll() is None
+
+
+def test_worker_survives_200_malformed_records_and_sends_each_to_the_dlq(
+    start_worker, worker_env, kafka_topics, redis_server
+) -> None:
+    from tests.test_assignments import malformed_record
+
+    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
+    client = redis_server.client()
+    worker = start_worker("w1")
+    worker.wait_ready()
+    rng = random.Random(26112026)
+    records = [malformed_record(rng, i) for i in range(200)]
+    kafka_topics.broker.produce(kafka_topics.topic, records)
+
+    dlq = kafka_topics.broker.consume(kafka_topics.dlq_topic, min_count=200, timeout_s=60)
+    assert len(dlq) == 200
+    assert all(json.loads(r.value)["error"] for r in dlq)
+    assert worker.process.poll() is None
+    assert worker.get("/healthz")[0] == 200
+    # Records whose key is a usable stream id get an error status that says why.
+    _wait_for(lambda: _status(client, prefix, "bad-1").get("state") == "error", 30, "status")
+    assert "invalid assignment" in _status(client, prefix, "bad-1")["error"]
+    assert '"stream started"' not in worker.logs()
