@@ -41,6 +41,25 @@ def mnet_weights(testdata: Path) -> Path:
     return testdata / "weights" / "retinaface_mobilenet0.25_Final.pth"
 
 
+@pytest.fixture(scope="session")
+def tiny(testdata: Path) -> Path:
+    """The authors' tiny Face-LLaVA fixture (checkpoint, hf_cache, reference outputs)."""
+    path = testdata / "facellava-tiny"
+    if not path.is_dir():
+        pytest.skip(f"Face-LLaVA tiny fixture not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny: Path):  # -> LoadedModel; one per test module, so no test sees another's
+    """The tiny checkpoint loaded the production way (towers by hub id, offline), float32."""
+    from models.facellava.checkpoint import load_model
+
+    return load_model(
+        tiny / "checkpoint", dtype="float32", cache_dir=tiny / "hf_cache", offline=True
+    )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_structlog() -> Iterator[None]:
     """A command run in-process points structlog at that test's captured stderr, which

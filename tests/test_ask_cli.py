@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from models.facellava.answers import Task
-from models.facellava.checkpoint import LoadedModel, load_model
 from models.facellava.engine import greedy_generate
 from models.facellava.preprocess import sample_frame_indices
 from models.facellava.prompts import DEFAULT_QUESTIONS
@@ -23,18 +22,6 @@ from worker.cli import main
 from worker.commands.ask import count_clip_frames, read_clip_rgb
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def tiny(testdata: Path) -> Path:
-    return testdata / "facellava-tiny"
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny: Path) -> LoadedModel:
-    return load_model(
-        tiny / "checkpoint", dtype="float32", cache_dir=tiny / "hf_cache", offline=True
-    )
 
 
 def _frames(tiny: Path, name: str) -> torch.Tensor:

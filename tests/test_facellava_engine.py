@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.facellava.answers import Task
-from models.facellava.checkpoint import LoadedModel, load_model
+from models.facellava.checkpoint import LoadedModel
 from models.facellava.engine import (
     EngineRequestError,
     GenerationEngine,
@@ -23,18 +23,6 @@ from models.facellava.prompts import DEFAULT_QUESTIONS
 pytestmark = pytest.mark.timeout(120)
 
 QUESTIONS = [DEFAULT_QUESTIONS[task] for task in Task] + ["Describe the face briefly."]
-
-
-@pytest.fixture(scope="module")
-def tiny(testdata: Path) -> Path:
-    return testdata / "facellava-tiny"
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny: Path) -> LoadedModel:
-    return load_model(
-        tiny / "checkpoint", dtype="float32", cache_dir=tiny / "hf_cache", offline=True
-    )
 
 
 @pytest.fixture(scope="module")

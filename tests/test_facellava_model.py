@@ -22,23 +22,10 @@ from models.facellava.modeling import IMAGE_TOKEN_INDEX, FaceLlava
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def tiny(testdata: Path) -> Path:
-    path = testdata / "facellava-tiny"
-    if not path.is_dir():
-        pytest.skip(f"Face-LLaVA tiny fixture not found at {path}")
-    return path
-
-
 def _load(tiny: Path, **kwargs) -> LoadedModel:
     options = {"dtype": torch.float32, "cache_dir": tiny / "hf_cache", "offline": True}
     options.update(kwargs)
     return load_model(tiny / "checkpoint", **options)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny: Path) -> LoadedModel:
-    return _load(tiny)
 
 
 def _ref(tiny: Path, name: str) -> torch.Tensor:

@@ -21,11 +21,6 @@ from models.facellava.prompts import (
 
 
 @pytest.fixture(scope="module")
-def tiny(testdata: Path) -> Path:
-    return testdata / "facellava-tiny"
-
-
-@pytest.fixture(scope="module")
 def tokenizer(tiny: Path) -> PromptTokenizer:
     return PromptTokenizer(tiny / "checkpoint")
 

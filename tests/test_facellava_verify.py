@@ -16,14 +16,6 @@ from models.facellava.verify import verify_fixture
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
-def tiny(testdata: Path) -> Path:
-    path = testdata / "facellava-tiny"
-    if not path.is_dir():
-        pytest.skip(f"Face-LLaVA tiny fixture not found at {path}")
-    return path
-
-
 def _fixture_copy(tiny: Path, root: Path, state: dict[str, torch.Tensor]) -> Path:
     """A fixture folder sharing towers and references, with its own checkpoint weights."""
     (root / "checkpoint").mkdir(parents=True)
