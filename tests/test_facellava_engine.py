@@ -332,13 +332,21 @@ def test_auto_sizing_fills_the_free_memory_share():
     )
     assert budget.visuals == (72 * gib - 4 * gib) // int(1.5 * gib)  # 45
     tiny = size_visual_slots(
-        free_bytes=gib, video_slot_bytes=2 * gib, image_slot_bytes=gib,
-        workspace_bytes=0, memory_fraction=0.5, max_visuals=8,
+        free_bytes=gib,
+        video_slot_bytes=2 * gib,
+        image_slot_bytes=gib,
+        workspace_bytes=0,
+        memory_fraction=0.5,
+        max_visuals=8,
     )
     assert tiny.visuals == 1  # never zero: one visual of each still runs
     capped = size_visual_slots(
-        free_bytes=1000 * gib, video_slot_bytes=1, image_slot_bytes=1,
-        workspace_bytes=0, memory_fraction=1.0, max_visuals=8,
+        free_bytes=1000 * gib,
+        video_slot_bytes=1,
+        image_slot_bytes=1,
+        workspace_bytes=0,
+        memory_fraction=1.0,
+        max_visuals=8,
     )
     assert capped.visuals == 8 and capped.capped
 

@@ -45,4 +45,6 @@ def test_fp8_linear_keeps_shapes_and_bias():
     fp8 = Fp8Linear(linear)
     assert fp8.weight_fp8.shape == (16, 32) and fp8.weight_scale.shape == (1, 16)
     assert fp8.bias is linear.bias
-    assert (fp8.dequantized_weight() - linear.weight).abs().max() <= 2**-4 * linear.weight.abs().max()
+    assert (
+        fp8.dequantized_weight() - linear.weight
+    ).abs().max() <= 2**-4 * linear.weight.abs().max()

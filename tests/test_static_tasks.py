@@ -43,7 +43,11 @@ def test_a_window_that_was_not_answered_does_not_count_as_asked():
     assert policy.tasks_for("cam", 1, ALL, 0.5, at_s=0.0) == ALL  # query only
     assert policy.tasks_for("cam", 1, ALL, 0.5, at_s=2.0) == ALL
     policy.mark_answered("cam", 1, (Task.EMOTION, Task.AGE), 0.5, at_s=2.0)
-    assert policy.tasks_for("cam", 1, ALL, 0.5, at_s=4.0) == (*DYNAMIC[:1], Task.ATTRIBUTES, DYNAMIC[1])
+    assert policy.tasks_for("cam", 1, ALL, 0.5, at_s=4.0) == (
+        *DYNAMIC[:1],
+        Task.ATTRIBUTES,
+        DYNAMIC[1],
+    )
 
 
 def test_only_the_streams_tasks_are_returned_in_their_order():

@@ -50,7 +50,7 @@ class ModelOptions(BaseModel):
         0.6,
         gt=0,
         le=1,
-        description="Share of the device memory free at engine start that auto-sized slots may use.",
+        description="Share of the device memory free at engine start that auto KV slots may use.",
     )
     cuda_graphs: bool = Field(
         False,

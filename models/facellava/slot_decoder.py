@@ -114,7 +114,9 @@ class SlotDecoder:
         self.device = self.body.embed_tokens.weight.device
         self.dtype = self.body.embed_tokens.weight.dtype
         self.pools = {m: pools[m] for m in MODALITY_ORDER if m in pools}
-        self.states = {m: LaneState.empty(p.shape.slots, p.shape.lanes) for m, p in self.pools.items()}
+        self.states = {
+            m: LaneState.empty(p.shape.slots, p.shape.lanes) for m, p in self.pools.items()
+        }
         self._inputs = {m: _DeviceInputs(self.states[m], self.device) for m in self.pools}
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
@@ -177,12 +179,16 @@ class SlotDecoder:
 
     # -- prefills -----------------------------------------------------------------------
 
-    def prefill_prefix(self, modality: Modality, slots: Sequence[int], embeds: torch.Tensor) -> None:
+    def prefill_prefix(
+        self, modality: Modality, slots: Sequence[int], embeds: torch.Tensor
+    ) -> None:
         """Run the prefixes `embeds` (N, Lp, D) and store their KV in `slots` of `modality`."""
         pool = self.pools[modality]
         count, length, _ = embeds.shape
         if length != pool.shape.prefix_tokens:
-            raise ValueError(f"{modality} prefix has {length} tokens, the pool {pool.shape.prefix_tokens}")
+            raise ValueError(
+                f"{modality} prefix has {length} tokens, the pool {pool.shape.prefix_tokens}"
+            )
         slot_index = torch.tensor(list(slots), device=self.device)
         positions = torch.arange(length, device=self.device).expand(count, length)
 
@@ -234,7 +240,9 @@ class SlotDecoder:
             for pool, start, end, slot_index, lane_index, used, write_at, mask in groups:
                 slot_rows = slot_index[:, None]
                 pool.keys[layer][slot_rows, :, write_at] = pool.store(k[start:end].transpose(1, 2))
-                pool.values[layer][slot_rows, :, write_at] = pool.store(v[start:end].transpose(1, 2))
+                pool.values[layer][slot_rows, :, write_at] = pool.store(
+                    v[start:end].transpose(1, 2)
+                )
                 lanes = pool.shape.lanes
                 dense = q.new_zeros((used, lanes, longest, self.heads, self.head_dim))
                 dense[slot_index, lane_index] = q[start:end].transpose(1, 2)
