@@ -34,3 +34,19 @@ def test_bench_model_tiny_prints_engine_and_single_rows(testdata: Path, capsys):
 def test_bench_model_7b_refuses_cpu(capsys):
     assert main(["bench", "model", "--config", "7b", "--device", "cpu"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_bench_model_arrivals_prints_rate_latency_and_memory(testdata: Path, capsys):
+    tokenizer = testdata / "facellava-tiny" / "checkpoint"
+    status = main(
+        [
+            *("bench", "model", "--config", "tiny", "--random-weights", "--device", "cpu"),
+            *("--arrival-rate", "50", "--requests", "6", "--max-new-tokens", "3"),
+            *("--workload", "4 tasks", "--max-visuals", "2", "--tokenizer", str(tokenizer)),
+        ]
+    )
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "KV slots: 2 per modality (fixed)" in out
+    assert "faces 6 " in out and "clips/s" in out
+    assert "p50" in out and "p95" in out and "peak process RSS" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def test_mixed_batch_matches_each_request_run_alone(loaded, real_clip, real_imag
         ),
         GenerationRequest("reversed", real_clip[::-1].copy(), tuple(map(Question, QUESTIONS[:3]))),
     ]
-    engine = _engine(loaded, max_new_tokens=12, max_batch_clips=2)
+    engine = _engine(loaded, max_new_tokens=12, max_batch_clips=2, max_visuals=4)
     results = engine.generate(requests)
 
     assert [r.key for r in results] == [r.key for r in requests]
@@ -124,7 +125,8 @@ def test_mixed_batch_matches_each_request_run_alone(loaded, real_clip, real_imag
     assert engine.counters.tower_batch_sizes == {2: 2, 1: 1}
     assert engine.counters.clips == 3 and engine.counters.images == 2
     assert engine.counters.questions == 2 + 5 + 1 + 3 + 3
-    assert max(engine.counters.decode_batch_sizes) == 8  # 5 + 3 image questions
+    # Video and image rows decode together: 3 clips x 1 lane + 2 images x 3 lanes.
+    assert max(engine.counters.decode_batch_sizes) == 9
     assert engine.counters.tokens_generated == 14 * 12
     # Each visual prefix is prefilled once, however many questions are asked of it.
     tokenizer, config = loaded.tokenizer, loaded.model.config
@@ -187,34 +189,185 @@ def test_bad_requests_are_rejected_with_the_key(loaded):
         engine.generate([GenerationRequest("none", np.zeros((32, 32, 3), np.uint8), ())])
 
 
-def test_finished_rows_leave_the_batch_and_the_rest_stay_exact(loaded, real_image):
-    # On the fixture, 465 is the 6th token of 8 of these 13 image answers: once they stop,
-    # more than half the batch is done, so the engine drops them (cache rows, masks,
-    # positions) and the 5 others must go on exactly as when run alone.
+def _random_tiny(tiny: Path) -> SimpleNamespace:
+    """The tiny shapes with random float32 weights (no checkpoint), and the fixture tokenizer."""
+    from models.facellava.prompts import PromptTokenizer
+    from worker.commands.bench_model import random_model, shape_config
+
+    model = random_model(shape_config("tiny"), "float32", "cpu", "sdpa", seed=3).eval()
+    tokenizer = PromptTokenizer(tiny / "checkpoint")
+    return SimpleNamespace(model=model, tokenizer=tokenizer, eos_token_id=tokenizer.eos_id)
+
+
+@pytest.fixture(scope="module", params=["checkpoint", "random"])
+def any_model(request, loaded, tiny):
+    return loaded if request.param == "checkpoint" else _random_tiny(tiny)
+
+
+def test_requests_join_and_leave_mid_decode_and_match_the_plain_loop(
+    any_model, real_clip, real_image
+):
+    # 2 slots per modality, 1 lane per clip and 2 per image: more questions than lanes
+    # wait for a lane of their own visual; more visuals than slots wait for a slot.
+    # Questions of different lengths; a stop token common on the fixture (465) ends some
+    # rows early while others reach the 7-token cap.
+    rng = np.random.default_rng(5)
+    loaded = any_model
     stop_token = 465
-    rng = np.random.default_rng(1)
-    questions = tuple(map(Question, [*QUESTIONS[:4], "Why?", "Describe the face.", "How old?"]))
-    requests = [
-        GenerationRequest("face", real_image, (*questions, Question("Is it happy?"))),
-        GenerationRequest(
-            "noise", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), questions[:5]
-        ),
+    noise_image = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    noise_clip = rng.integers(0, 256, (12, 48, 40, 3), dtype=np.uint8)
+    first = [
+        GenerationRequest("clip", real_clip, tuple(map(Question, QUESTIONS[:2]))),
+        GenerationRequest("image", real_image, tuple(map(Question, QUESTIONS))),
+    ]
+    later = [
+        GenerationRequest("noise-image", noise_image, (Question("Why?"), Question(QUESTIONS[2]))),
+        GenerationRequest("noise-clip", noise_clip, (Question(QUESTIONS[0]),)),
+        GenerationRequest("reversed", real_clip[::-1].copy(), (Question("How old?"),)),
+        GenerationRequest("image-2", real_image[::-1].copy(), tuple(map(Question, QUESTIONS[1:4]))),
     ]
     engine = GenerationEngine(
-        loaded.model, loaded.tokenizer, max_new_tokens=12, eos_token_id=stop_token
+        loaded.model,
+        loaded.tokenizer,
+        max_new_tokens=7,
+        max_visuals=2,
+        lanes={"video": 1, "image": 2},
+        eos_token_id=stop_token,
     )
-    results = engine.generate(requests)
-    assert engine.counters.decode_batch_sizes == {13: 6, 5: 6}
-    stops = [a.stop_reason for result in results for a in result.answers]
-    assert stops.count("eos") == 8 and stops.count("length") == 5
-    for request, result in zip(requests, results, strict=True):
+    handles = [engine.submit(r) for r in first]
+    done = []
+    for _ in range(3):
+        done += engine.step()
+    assert engine.active > 0  # the first requests are mid-decode...
+    joined_while_active = engine.active
+    handles += [engine.submit(r) for r in later]  # ...when the others arrive
+    steps = 3
+    while not engine.idle:
+        done += engine.step()
+        steps += 1
+    assert joined_while_active and engine.pending == 0 and engine.active == 0
+    assert sorted(r.key for r in done) == sorted(h.request.key for h in handles)
+    assert engine.counters.tokens_generated > 0
+    stops = set()
+    for handle in handles:
+        result = handle.result()
         for answer in result.answers:
             alone = greedy_generate(
                 loaded.model,
                 loaded.tokenizer,
-                request.visual,
+                handle.request.visual,
                 answer.question.text,
-                max_new_tokens=12,
+                max_new_tokens=7,
                 eos_token_id=stop_token,
             )
-            assert (answer.token_ids, answer.stop_reason) == (alone.token_ids, alone.stop_reason)
+            assert (answer.token_ids, answer.stop_reason) == (alone.token_ids, alone.stop_reason), (
+                handle.request.key,
+                answer.question.text,
+            )
+            stops.add(answer.stop_reason)
+    assert "length" in stops
+    # Some decode steps ran clip and image rows together.
+    assert any(size > 2 for size in engine.counters.decode_batch_sizes)
+
+
+def test_answers_with_and_without_bucket_padding_are_identical(loaded, real_clip, real_image):
+    # max_visuals=3 pads 3 occupied slots to no bucket (3 is one); 8 pads them to 4: the
+    # padded slots run as dummy rows. Both must give the plain loop's tokens.
+    requests = [
+        GenerationRequest(f"clip{i}", real_clip[i:].copy(), (Question(QUESTIONS[i]),))
+        for i in range(3)
+    ] + [GenerationRequest("image", real_image, tuple(map(Question, QUESTIONS[:3])))]
+    answers = {}
+    for max_visuals in (3, 8):
+        engine = _engine(loaded, max_new_tokens=6, max_visuals=max_visuals)
+        results = engine.generate(requests)
+        answers[max_visuals] = [a.token_ids for r in results for a in r.answers]
+        padded, real = engine.counters.decode_padded_sizes, engine.counters.decode_batch_sizes
+        if max_visuals == 8:
+            assert max(padded) > max(real)  # dummy rows ran
+    assert answers[3] == answers[8]
+    for request, tokens in zip(requests, answers[8][:3], strict=False):
+        assert tokens == _alone(loaded, request, request.questions[0], max_new_tokens=6).token_ids
+
+
+def test_bucket_sizes_cover_every_slot_count():
+    from models.facellava.kv_slots import bucket_for, bucket_sizes
+
+    assert bucket_sizes(1) == (0, 1)
+    assert bucket_sizes(12) == (0, 1, 2, 4, 8, 12)
+    for capacity in (1, 5, 8, 33):
+        buckets = bucket_sizes(capacity)
+        for used in range(capacity + 1):
+            size = bucket_for(used, buckets)
+            assert used <= size <= capacity and (used == 0) == (size == 0)
+            assert size < 2 * used or size == capacity or used == 0
+    with pytest.raises(ValueError):
+        bucket_for(13, bucket_sizes(12))
+
+
+def test_kv_slots_hold_each_prefix_once_and_each_question_only_its_lane(loaded, real_image):
+    engine = _engine(loaded, max_new_tokens=5, max_visuals=2, max_question_tokens=40)
+    config = loaded.model.language_model.config
+    per_token = 2 * config.num_hidden_layers * config.hidden_size * 4  # float32 K and V
+    image = engine.pools["image"].shape
+    assert image.lane_tokens == 45 and image.lanes == 3
+    assert engine.pools["image"].nbytes == 2 * (image.prefix_tokens + 3 * 45) * per_token
+    pointers = [t.data_ptr() for t in engine.pools["image"].keys]
+    engine.generate([GenerationRequest("face", real_image, tuple(map(Question, QUESTIONS)))])
+    assert [t.data_ptr() for t in engine.pools["image"].keys] == pointers  # nothing reallocated
+    assert engine.counters.requests == 1  # one prefix prefill for 5 questions
+
+
+def test_auto_sizing_fills_the_free_memory_share():
+    from models.facellava.kv_slots import size_visual_slots
+
+    gib = 1 << 30
+    budget = size_visual_slots(
+        free_bytes=120 * gib,
+        video_slot_bytes=int(1.1 * gib),
+        image_slot_bytes=int(0.4 * gib),
+        workspace_bytes=4 * gib,
+        memory_fraction=0.6,
+        max_visuals=128,
+    )
+    assert budget.visuals == (72 * gib - 4 * gib) // int(1.5 * gib)  # 45
+    tiny = size_visual_slots(
+        free_bytes=gib,
+        video_slot_bytes=2 * gib,
+        image_slot_bytes=gib,
+        workspace_bytes=0,
+        memory_fraction=0.5,
+        max_visuals=8,
+    )
+    assert tiny.visuals == 1  # never zero: one visual of each still runs
+    capped = size_visual_slots(
+        free_bytes=1000 * gib,
+        video_slot_bytes=1,
+        image_slot_bytes=1,
+        workspace_bytes=0,
+        memory_fraction=1.0,
+        max_visuals=8,
+    )
+    assert capped.visuals == 8 and capped.capped
+
+
+def test_auto_sized_engine_reports_its_budget(loaded):
+    engine = _engine(loaded, max_visuals="auto")
+    assert engine.slot_budget is not None
+    assert 1 <= engine.max_visuals == engine.slot_budget.visuals <= 128
+
+
+def test_cuda_graphs_are_refused_off_cuda(loaded):
+    with pytest.raises(ValueError, match="CUDA"):
+        _engine(loaded, max_visuals=1, cuda_graphs=True)
+
+
+def test_a_full_pending_queue_refuses_and_a_long_question_is_rejected(loaded, real_image):
+    from models.facellava.engine import EngineFullError
+
+    engine = _engine(loaded, max_visuals=1, max_pending=1, max_question_tokens=24)
+    engine.submit(GenerationRequest("a", real_image, (Question("Why?"),)))
+    with pytest.raises(EngineFullError):
+        engine.submit(GenerationRequest("b", real_image, (Question("Why?"),)))
+    with pytest.raises(EngineRequestError, match="max_question_tokens"):
+        engine.submit(GenerationRequest("c", real_image, (Question("Why " * 20 + "?"),)))

@@ -47,12 +47,8 @@ class FaceAnswerer:
         cls, loaded: LoadedModel, options: ModelOptions, worker_id: str
     ) -> FaceAnswerer:
         """Wrap an already loaded model in an engine with the options' generation knobs."""
-        engine = GenerationEngine(
-            loaded.model,
-            loaded.tokenizer,
-            max_new_tokens=options.max_new_tokens,
-            max_batch_clips=options.max_batch_clips,
-            eos_token_id=loaded.eos_token_id,
+        engine = GenerationEngine.from_options(
+            loaded.model, loaded.tokenizer, options, loaded.eos_token_id
         )
         log.info("model loaded", model=options.model, report=loaded.report.summary())
         return cls(engine, model_id=options.model, worker_id=worker_id)

@@ -1,40 +1,54 @@
-"""Batched greedy generation for Face-LLaVA: many (visual, questions) requests at once.
+"""Continuous-batching greedy generation for Face-LLaVA: requests join and leave per step.
 
-How one `generate` call runs, per chunk of at most `max_batch_clips` requests of one
-modality (clips together, images together):
+A request is one visual (a clip or a face image) and its questions. The engine holds a
+fixed number of visuals per modality in preallocated KV slots (`kv_slots.py`); each
+visual's questions run on that slot's lanes and read its prefix KV in place.
 
-1. Preprocess and run the tower on the whole chunk (`encode_videos` / `encode_images`).
-2. Prefill the shared visual prefix `{system} USER: {visual}` of every request in one
-   LLM pass. Within a modality every prefix has the same length, so no padding.
-3. One row per (request, question): the row's KV cache is a copy of its request's prefix
-   cache (the prefix is computed once however many questions are asked of it).
-4. Prefill the suffixes `\\n{question} ASSISTANT:` of all rows in one pass. Suffixes differ
-   in length: they are left-padded (the gap sits between prefix and suffix, masked out),
-   so every row's newest token is in the last column; positions are per row.
-5. Greedy decode with the cache (preallocated, no per-step concatenation), one token per
-   row per step, until every row has produced `</s>` or `max_new_tokens`. Finished rows are
-   dropped from the batch once they make up half of it.
+One `step()`:
 
-The result of every row is the same token sequence as `greedy_generate`, the plain
-single-request loop of the authors (one request, full prompt, argmax, stop at `</s>`);
-`tests/test_facellava_engine.py` checks it on the tiny fixture model.
+1. **Admit**: pending requests take free slots (at most `max_batch_clips` per modality
+   and step); their tower runs as one batch, their shared prefix `{system} USER: {visual}`
+   is prefilled once per visual into its slot.
+2. **Start questions**: questions waiting for a lane of their visual take free lanes;
+   their suffixes `\\n{question} ASSISTANT:` are prefilled together (video and image
+   rows in one pass), each attending over its slot's prefix; that gives their first token.
+3. **Decode**: one token for every lane of every occupied slot, video and image rows in
+   one batch (`SlotDecoder.decode_step`: static shapes per slot bucket, a CUDA graph per
+   bucket on CUDA when enabled).
+4. **Leave**: a row that says `</s>` or reaches `max_new_tokens` frees its lane at once
+   (the next waiting question of the same visual may take it); a visual whose questions
+   are all answered frees its slot, and its `GenerationResult` is returned by `step()`.
+
+A model stage drives it with `submit(request) -> RequestHandle` and `step()`;
+`generate(requests)` runs a list to completion (what `ask`, `analyze`, the worker's
+model loop and `bench model` call). Every answer is the token sequence of the authors'
+plain one-request loop (`greedy_generate`: full prompt, argmax, stop at `</s>`), which
+`tests/test_facellava_engine.py` checks with requests joining and leaving mid-decode.
 
 Not thread-safe: one model thread owns an engine.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections import Counter, deque
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from models.facellava.answers import Task
+from models.facellava.kv_slots import (
+    PoolShape,
+    SlotBudget,
+    SlotPool,
+    bucket_for,
+    bucket_sizes,
+    free_device_bytes,
+    kv_bytes_per_token,
+    size_visual_slots,
+)
 from models.facellava.preprocess import preprocess_images, preprocess_videos
 from models.facellava.prompts import (
     DEFAULT_QUESTIONS,
@@ -43,15 +57,31 @@ from models.facellava.prompts import (
     PromptTokenizer,
     prompt_suffix,
 )
+from models.facellava.slot_decoder import MODALITY_ORDER, NewRow, SlotDecoder
 
 if TYPE_CHECKING:
     from models.facellava.modeling import FaceLlava
+    from models.facellava.options import ModelOptions
 
 StopReason = Literal["eos", "length"]
+"""Why an answer ended: `eos` (the model said `</s>`) or `length` (`max_new_tokens`)."""
+
+AUTO_MAX_VISUALS = 128
+"""Most visuals per modality an "auto"-sized engine holds, however much memory is free."""
+DEFAULT_LANES: dict[Modality, int] = {
+    modality: sum(1 for m in TASK_MODALITY.values() if m == modality) for modality in MODALITY_ORDER
+}
+"""Lanes (questions decoding at once) per visual: the tasks the authors send to that
+modality (video: emotion; image: age, attributes, action units). More questions of one
+visual wait for a lane of their own visual; they never copy its prefix."""
 
 
 class EngineRequestError(ValueError):
     """A request the engine cannot serve (wrong pixel shape, no questions...)."""
+
+
+class EngineFullError(RuntimeError):
+    """`submit` on an engine whose pending queue is full: step it first."""
 
 
 @dataclass(frozen=True)
@@ -129,76 +159,52 @@ class EngineCounters:
     decode_steps: int = 0
     tower_batch_sizes: Counter[int] = field(default_factory=Counter)
     decode_batch_sizes: Counter[int] = field(default_factory=Counter)
+    """Active rows per decode step."""
+    decode_padded_sizes: Counter[int] = field(default_factory=Counter)
+    """Rows the step ran, padded to its slot buckets (free lanes run as dummy rows)."""
 
 
-class _PreallocatedLayer(DynamicLayer):
-    """A KV cache layer whose buffers are allocated once: appending writes in place."""
+class RequestHandle:
+    """A submitted request; `answers` fill in as its questions finish, `done` when all have."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
-        super().__init__()
-        batch, heads, length, head_dim = keys.shape
-        capacity = max(capacity, length)
-        self._key_buffer = keys.new_empty((batch, heads, capacity, head_dim))
-        self._value_buffer = values.new_empty((batch, heads, capacity, values.shape[-1]))
-        self._key_buffer[:, :, :length] = keys
-        self._value_buffer[:, :, :length] = values
-        self.length = length
-        self.device = keys.device
-        self.is_initialized = True
-        self._refresh_views()
+    def __init__(self, request: GenerationRequest, suffix_ids: list[list[int]]) -> None:
+        self.request = request
+        self.suffix_ids = suffix_ids
+        self.answers: list[Answer | None] = [None] * len(request.questions)
+        self.submitted_s = 0.0
 
-    def _refresh_views(self) -> None:
-        self.keys = self._key_buffer[:, :, : self.length]
-        self.values = self._value_buffer[:, :, : self.length]
+    @property
+    def done(self) -> bool:
+        """Every question answered."""
+        return all(answer is not None for answer in self.answers)
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        """Append new keys/values and return everything cached so far."""
-        end = self.length + key_states.shape[-2]
-        if end > self._key_buffer.shape[-2]:
-            grow = end - self._key_buffer.shape[-2]
-            self._key_buffer = torch.cat([self._key_buffer, self._key_buffer[:, :, :grow]], dim=2)
-            self._value_buffer = torch.cat(
-                [self._value_buffer, self._value_buffer[:, :, :grow]], dim=2
-            )
-        self._key_buffer[:, :, self.length : end] = key_states
-        self._value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self._refresh_views()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        """Tokens cached."""
-        return self.length
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only the rows `indices`."""
-        self._key_buffer = self._key_buffer[indices]
-        self._value_buffer = self._value_buffer[indices]
-        self._refresh_views()
-
-
-def _cache_kwarg(language_model: torch.nn.Module) -> str:
-    # transformers renamed `past_key_values` to `cache` (the old name is deprecated).
-    parameters = inspect.signature(language_model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-def _layer_kv(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    def result(self) -> GenerationResult:
+        """The finished request's answers in question order."""
+        if not self.done:
+            raise RuntimeError(f"request {self.request.key!r} is not finished")
+        answers = tuple(answer for answer in self.answers if answer is not None)
+        return GenerationResult(self.request.key, self.request.modality, answers)
 
 
 @dataclass
 class _Row:
-    request_index: int
+    """A question decoding on a lane."""
+
     question_index: int
-    source: int  # index of the request inside its chunk
-    suffix_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
-    stop_reason: StopReason | None = None
+
+
+@dataclass
+class _Visual:
+    """A request that holds a slot: its waiting questions and its lanes."""
+
+    handle: RequestHandle
+    waiting: deque[int]
+    lanes: list[_Row | None]
 
 
 class GenerationEngine:
-    """Serves many Face-LLaVA requests per call with shared-prefix batched greedy decoding."""
+    """Continuous batching over preallocated KV slots with shared-prefix greedy decoding."""
 
     def __init__(
         self,
@@ -207,40 +213,224 @@ class GenerationEngine:
         *,
         max_new_tokens: int = 48,
         max_batch_clips: int = 8,
+        max_visuals: int | Literal["auto"] = "auto",
+        lanes: Mapping[Modality, int] | None = None,
+        max_question_tokens: int = 96,
+        memory_fraction: float = 0.6,
+        max_pending: int | None = None,
         ignore_eos: bool = False,
         eos_token_id: int | None = None,
+        cuda_graphs: bool = False,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
-        if max_new_tokens < 1 or max_batch_clips < 1:
-            raise ValueError("max_new_tokens and max_batch_clips must be at least 1")
+        """`max_visuals`: slots per modality ("auto": sized from free device memory, see
+        `kv_slots.size_visual_slots`); `max_batch_clips`: most visuals of one modality
+        admitted (one tower batch) per step; `max_pending`: submitted requests waiting for
+        a slot (default 4 × `max_visuals`), beyond which `submit` refuses."""
+        if min(max_new_tokens, max_batch_clips, max_question_tokens) < 1:
+            raise ValueError("max_new_tokens, max_batch_clips, max_question_tokens must be >= 1")
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.max_batch_clips = max_batch_clips
+        self.max_question_tokens = max_question_tokens
         self.ignore_eos = ignore_eos
         self.eos_token_id = tokenizer.eos_id if eos_token_id is None else eos_token_id
         self.counters = EngineCounters()
         self.num_frames = model.config.video_tower.num_frames
-        self._cache_kwarg = _cache_kwarg(model.language_model)
         self._prefix_ids: dict[Modality, torch.Tensor] = {}
+        self.lanes = dict(DEFAULT_LANES if lanes is None else lanes)
+        kv_dtype = kv_dtype or model.dtype
+        lane_tokens = max_question_tokens + max_new_tokens
+        shapes = {
+            m: PoolShape(1, self.lanes[m], self._prefix_tokens(m), lane_tokens)
+            for m in MODALITY_ORDER
+        }
+        self.slot_budget: SlotBudget | None = None
+        if max_visuals == "auto":
+            self.slot_budget = self._size_slots(shapes, kv_dtype, memory_fraction)
+            max_visuals = self.slot_budget.visuals
+        if max_visuals < 1:
+            raise ValueError(f"max_visuals must be >= 1 or 'auto', got {max_visuals}")
+        self.max_visuals = max_visuals
+        self.max_pending = 4 * max_visuals if max_pending is None else max_pending
+        config = model.language_model.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.pools = {
+            m: SlotPool(
+                PoolShape(max_visuals, shape.lanes, shape.prefix_tokens, shape.lane_tokens),
+                layers=config.num_hidden_layers,
+                kv_heads=config.num_key_value_heads,
+                head_dim=head_dim,
+                dtype=kv_dtype,
+                device=model.device,
+            )
+            for m, shape in shapes.items()
+        }
+        self.decoder = SlotDecoder(model.language_model, self.pools, cuda_graphs=cuda_graphs)
+        self.buckets = bucket_sizes(max_visuals)
+        self._slots: dict[Modality, list[_Visual | None]] = {
+            m: [None] * max_visuals for m in MODALITY_ORDER
+        }
+        self._pending: dict[Modality, deque[RequestHandle]] = {m: deque() for m in MODALITY_ORDER}
 
-    # -- public -----------------------------------------------------------------------
+    @classmethod
+    def from_options(
+        cls, model: FaceLlava, tokenizer: PromptTokenizer, options: ModelOptions, eos_token_id: int
+    ) -> GenerationEngine:
+        """An engine with the generation knobs of `options` (FP8 applied to `model` in place)."""
+        kv_dtype = None
+        if options.fp8 != "off":
+            from models.facellava.fp8 import FP8_KV_DTYPE, quantize_language_model
+
+            quantize_language_model(model.language_model)
+            if options.fp8 == "weights_kv":
+                kv_dtype = FP8_KV_DTYPE
+        return cls(
+            model,
+            tokenizer,
+            max_new_tokens=options.max_new_tokens,
+            max_batch_clips=options.max_batch_clips,
+            max_visuals=options.engine_visuals,
+            memory_fraction=options.kv_memory_fraction,
+            eos_token_id=eos_token_id,
+            cuda_graphs=options.cuda_graphs,
+            kv_dtype=kv_dtype,
+        )
+
+    # -- sizes --------------------------------------------------------------------------
+
+    def _prefix(self, modality: Modality) -> torch.Tensor:
+        if modality not in self._prefix_ids:
+            ids = self.tokenizer.encode_question("?", modality, self.num_frames).prefix_ids
+            self._prefix_ids[modality] = torch.tensor(ids, device=self.model.device)
+        return self._prefix_ids[modality]
+
+    def _prefix_tokens(self, modality: Modality) -> int:
+        """Length of a modality's prefix once its sentinels became visual tokens."""
+        config = self.model.config
+        ids = self._prefix(modality)
+        sentinels = int((ids < 0).sum())
+        if modality == "video":
+            per_sentinel = config.video_tower.num_patches + 1
+        else:
+            per_sentinel = config.image_tower.num_patches + (config.select_feature == "cls_patch")
+        return len(ids) - sentinels + sentinels * per_sentinel
+
+    def _size_slots(
+        self, shapes: Mapping[Modality, PoolShape], kv_dtype: torch.dtype, fraction: float
+    ) -> SlotBudget:
+        config = self.model.language_model.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        element = torch.empty((), dtype=kv_dtype).element_size()
+        per_token = kv_bytes_per_token(
+            config.num_hidden_layers, config.num_key_value_heads, head_dim, element
+        )
+        # Activations of one admission: a tower batch of clips and its prefix prefill
+        # (hidden, residual, q/k/v, MLP gate/up per token), in the compute dtype.
+        act = self.model.dtype.itemsize if hasattr(self.model.dtype, "itemsize") else 2
+        tower = self.model.config.video_tower
+        tower_tokens = self.max_batch_clips * tower.num_frames * (tower.num_patches + 1)
+        prefix_tokens = self.max_batch_clips * shapes["video"].prefix_tokens
+        workspace = act * (
+            tower_tokens * (6 * tower.hidden_size + 2 * tower.intermediate_size)
+            + prefix_tokens * (6 * config.hidden_size + 3 * config.intermediate_size)
+        )
+        return size_visual_slots(
+            free_bytes=free_device_bytes(self.model.device),
+            video_slot_bytes=shapes["video"].tokens_per_slot * per_token,
+            image_slot_bytes=shapes["image"].tokens_per_slot * per_token,
+            workspace_bytes=workspace,
+            memory_fraction=fraction,
+            max_visuals=AUTO_MAX_VISUALS,
+        )
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Questions decoding now (rows on a lane)."""
+        return sum(
+            row is not None
+            for visuals in self._slots.values()
+            for visual in visuals
+            if visual is not None
+            for row in visual.lanes
+        )
+
+    @property
+    def pending(self) -> int:
+        """Submitted requests waiting for a slot."""
+        return sum(len(queue) for queue in self._pending.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Requests that hold a slot (some of their questions may still wait for a lane)."""
+        return sum(v is not None for visuals in self._slots.values() for v in visuals)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending, nothing in flight."""
+        return not self.pending and not self.in_flight
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a request; it joins the decode batch at a coming `step()`.
+
+        Raises `EngineRequestError` for a request it cannot serve and `EngineFullError`
+        when `max_pending` requests already wait (policy: refuse, the caller keeps it).
+        """
+        suffix_ids = self._check(request)
+        if self.pending >= self.max_pending:
+            raise EngineFullError(f"{self.pending} requests already wait for a slot")
+        handle = RequestHandle(request, suffix_ids)
+        self._pending[request.modality].append(handle)
+        return handle
+
+    def step(self) -> list[GenerationResult]:
+        """Admit, start questions, decode one token; return the requests that finished.
+
+        If a step fails, every request in the engine is dropped (`reset`) and the error is
+        raised: their KV state is no longer trustworthy.
+        """
+        finished: list[GenerationResult] = []
+        try:
+            with torch.inference_mode():
+                self._admit()
+                self._start_questions(finished)
+                self._decode(finished)
+        except BaseException:
+            self.reset()
+            raise
+        return finished
+
+    def reset(self) -> None:
+        """Drop every pending and in-flight request."""
+        for modality in MODALITY_ORDER:
+            self._pending[modality].clear()
+            for slot in range(self.max_visuals):
+                self._release_slot(modality, slot)
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Answer every question of every request; results come back in request order."""
         for request in requests:
             self._check(request)
-        rows: list[_Row] = []
-        for modality in ("video", "image"):
-            indices = [i for i, r in enumerate(requests) if r.modality == modality]
-            for start in range(0, len(indices), self.max_batch_clips):
-                chunk = indices[start : start + self.max_batch_clips]
-                rows.extend(self._run_chunk(modality, [requests[i] for i in chunk], chunk))
-        return self._results(requests, rows)
+        if not self.idle:
+            raise RuntimeError("generate() runs on an idle engine; this one has requests in it")
+        waiting = deque(requests)
+        handles: list[RequestHandle] = []
+        while waiting or not all(handle.done for handle in handles):
+            while waiting and self.pending < self.max_pending:
+                handles.append(self.submit(waiting.popleft()))
+            self.step()
+        return [handle.result() for handle in handles]
 
-    # -- steps ------------------------------------------------------------------------
+    # -- steps --------------------------------------------------------------------------
 
-    def _check(self, request: GenerationRequest) -> None:
+    def _check(self, request: GenerationRequest) -> list[list[int]]:
+        """Validate `request`; its questions' suffix token ids."""
         shape = tuple(request.visual.shape)
         channels = shape[0] if request.is_preprocessed else shape[-1]
         if len(shape) not in (3, 4) or channels != 3:
@@ -249,16 +439,25 @@ class GenerationEngine:
                 "or float (3, S, S) or (3, T, S, S) tower input; "
                 f"got {shape} {request.visual.dtype}"
             )
+        if request.is_preprocessed:
+            expected = tower_input_shape(self.model, request.modality)
+            if shape != expected:
+                raise EngineRequestError(
+                    f"request {request.key!r}: preprocessed {request.modality} input must be "
+                    f"{expected}, got {shape}"
+                )
         if not request.questions:
             raise EngineRequestError(f"request {request.key!r} asks no question")
+        suffixes = []
         for question in request.questions:
-            prompt_suffix(question.text)  # raises PromptError on a bad question
-
-    def _prefix(self, modality: Modality) -> torch.Tensor:
-        if modality not in self._prefix_ids:
-            ids = self.tokenizer.encode_question("?", modality, self.num_frames).prefix_ids
-            self._prefix_ids[modality] = torch.tensor(ids, device=self.model.device)
-        return self._prefix_ids[modality]
+            ids = self.tokenizer.encode_piece(prompt_suffix(question.text))
+            if len(ids) > self.max_question_tokens:
+                raise EngineRequestError(
+                    f"request {request.key!r}: question of {len(ids)} tokens is longer than "
+                    f"max_question_tokens {self.max_question_tokens}"
+                )
+            suffixes.append(ids)
+        return suffixes
 
     def _visual_features(
         self, modality: Modality, requests: Sequence[GenerationRequest]
@@ -273,144 +472,141 @@ class GenerationEngine:
         self.counters.images += len(requests)
         return model.encode_images(pixels).unsqueeze(1)
 
-    def _run_chunk(
-        self, modality: Modality, requests: Sequence[GenerationRequest], indices: list[int]
-    ) -> list[_Row]:
-        model = self.model
-        features = self._visual_features(modality, requests)
-        prefix_ids = self._prefix(modality)
-        prefix_embeds = torch.stack(
-            [model.splice_visual_features(prefix_ids, blocks) for blocks in features]
-        )
-        prefix_cache = DynamicCache()
-        model.language_model.model(
-            inputs_embeds=prefix_embeds, use_cache=True, **{self._cache_kwarg: prefix_cache}
-        )
-        prefix_length = prefix_embeds.shape[1]
-        self.counters.prefill_tokens += prefix_embeds.shape[0] * prefix_length
-        self.counters.requests += len(requests)
-
-        rows = [
-            _Row(
-                request_index=request_index,
-                question_index=q,
-                source=source,
-                suffix_ids=self.tokenizer.encode_piece(prompt_suffix(question.text)),
+    def _admit(self) -> None:
+        """Pending requests into free slots: one tower batch and prefix prefill per modality."""
+        for modality in MODALITY_ORDER:
+            queue = self._pending[modality]
+            free = [s for s, visual in enumerate(self._slots[modality]) if visual is None]
+            count = min(len(free), len(queue), self.max_batch_clips)
+            if count == 0:
+                continue
+            handles = [queue.popleft() for _ in range(count)]
+            slots = free[:count]
+            features = self._visual_features(modality, [h.request for h in handles])
+            prefix_ids = self._prefix(modality)
+            embeds = torch.stack(
+                [self.model.splice_visual_features(prefix_ids, blocks) for blocks in features]
             )
-            for source, (request_index, request) in enumerate(zip(indices, requests, strict=True))
-            for q, question in enumerate(request.questions)
-        ]
-        self.counters.questions += len(rows)
-        prefix_kv = _layer_kv(prefix_cache)
-        del prefix_cache, prefix_embeds, features
-        self._decode(rows, prefix_kv, prefix_length)
-        return rows
+            self.decoder.prefill_prefix(modality, slots, embeds)
+            self.counters.requests += count
+            self.counters.prefill_tokens += embeds.shape[0] * embeds.shape[1]
+            lanes = self.lanes[modality]
+            for slot, handle in zip(slots, handles, strict=True):
+                waiting = deque(range(len(handle.request.questions)))
+                self._slots[modality][slot] = _Visual(handle, waiting, [None] * lanes)
 
-    def _decode(
-        self,
-        rows: list[_Row],
-        prefix_kv: list[tuple[torch.Tensor, torch.Tensor]],
-        prefix_length: int,
+    def _start_questions(self, finished: list[GenerationResult]) -> None:
+        """Waiting questions onto free lanes of their visual; prefill their suffixes."""
+        new_rows: list[NewRow] = []
+        for modality in MODALITY_ORDER:
+            for slot, visual in enumerate(self._slots[modality]):
+                if visual is None:
+                    continue
+                for lane, row in enumerate(visual.lanes):
+                    if row is None and visual.waiting:
+                        question = visual.waiting.popleft()
+                        visual.lanes[lane] = _Row(question)
+                        suffix = visual.handle.suffix_ids[question]
+                        new_rows.append(NewRow(modality, slot, lane, suffix))
+        if not new_rows:
+            return
+        tokens = self.decoder.prefill_suffix(new_rows)
+        self.counters.questions += len(new_rows)
+        self.counters.prefill_tokens += sum(len(row.suffix_ids) for row in new_rows)
+        for row, token in zip(new_rows, tokens, strict=True):
+            self._record(row.modality, row.slot, row.lane, token, finished)
+
+    def _decode(self, finished: list[GenerationResult]) -> None:
+        """One token for every active lane, all modalities in one batch."""
+        used: dict[Modality, int] = {}
+        for modality in MODALITY_ORDER:
+            occupied = [
+                s
+                for s, visual in enumerate(self._slots[modality])
+                if visual is not None and any(row is not None for row in visual.lanes)
+            ]
+            used[modality] = bucket_for(max(occupied) + 1 if occupied else 0, self.buckets)
+        if not any(used.values()):
+            return
+        active = self.active
+        tokens = self.decoder.decode_step(used)
+        self.counters.decode_steps += 1
+        self.counters.decode_batch_sizes[active] += 1
+        self.counters.decode_padded_sizes[
+            sum(count * self.lanes[m] for m, count in used.items())
+        ] += 1
+        offset = 0
+        for modality in MODALITY_ORDER:
+            lanes = self.lanes[modality]
+            state = self.decoder.states[modality]
+            for slot in range(used[modality]):
+                visual = self._slots[modality][slot]
+                for lane in range(lanes):
+                    if visual is not None and visual.lanes[lane] is not None:
+                        state.stored[slot, lane] += 1
+                        state.position[slot, lane] += 1
+                        token = int(tokens[offset + slot * lanes + lane])
+                        self._record(modality, slot, lane, token, finished)
+            offset += used[modality] * lanes
+
+    def _record(
+        self, modality: Modality, slot: int, lane: int, token: int, finished: list[GenerationResult]
     ) -> None:
-        model = self.model
-        device = model.device
-        suffix_max = max(len(row.suffix_ids) for row in rows)
-        capacity = prefix_length + suffix_max + self.max_new_tokens
-        source = torch.tensor([row.source for row in rows], device=device)
-        # One copy of the shared prefix cache per question; each prefix layer is released
-        # as soon as it is copied, so the peak is one layer above the rows' own cache.
-        layers = []
-        while prefix_kv:
-            keys, values = prefix_kv.pop(0)
-            layers.append(_PreallocatedLayer(keys[source], values[source], capacity))
-            del keys, values
-        cache = Cache(layers=layers)
+        """Append a row's new token, or end the row (`eos` / `length`)."""
+        visual = self._slots[modality][slot]
+        assert visual is not None
+        row = visual.lanes[lane]
+        assert row is not None
+        if token == self.eos_token_id and not self.ignore_eos:
+            self._finish(modality, slot, lane, "eos", finished)
+            return
+        row.token_ids.append(token)
+        self.counters.tokens_generated += 1
+        if len(row.token_ids) >= self.max_new_tokens:
+            self._finish(modality, slot, lane, "length", finished)
+        else:
+            self.decoder.states[modality].token[slot, lane] = token
 
-        count = len(rows)
-        suffix_ids = torch.zeros((count, suffix_max), dtype=torch.long, device=device)
-        mask = torch.zeros((count, capacity), dtype=torch.long, device=device)
-        mask[:, :prefix_length] = 1
-        for r, row in enumerate(rows):
-            length = len(row.suffix_ids)
-            suffix_ids[r, suffix_max - length :] = torch.tensor(row.suffix_ids, device=device)
-            mask[r, prefix_length + suffix_max - length : prefix_length + suffix_max] = 1
-        suffix_lengths = torch.tensor([len(row.suffix_ids) for row in rows], device=device)
-        steps = torch.arange(suffix_max, device=device)
-        # Real suffix tokens get positions prefix_length.. per row; pads (masked) reuse the first.
-        position_ids = prefix_length + (steps - (suffix_max - suffix_lengths)[:, None]).clamp(min=0)
-        self.counters.prefill_tokens += int(suffix_lengths.sum())
+    def _finish(
+        self,
+        modality: Modality,
+        slot: int,
+        lane: int,
+        reason: StopReason,
+        finished: list[GenerationResult],
+    ) -> None:
+        visual = self._slots[modality][slot]
+        assert visual is not None
+        row = visual.lanes[lane]
+        assert row is not None
+        handle = visual.handle
+        handle.answers[row.question_index] = Answer(
+            question=handle.request.questions[row.question_index],
+            text=self.tokenizer.decode(row.token_ids),
+            token_ids=tuple(row.token_ids),
+            stop_reason=reason,
+        )
+        visual.lanes[lane] = None
+        self.decoder.states[modality].clear_lane(slot, lane)
+        if handle.done:
+            self._release_slot(modality, slot)
+            finished.append(handle.result())
 
-        active = list(range(count))  # batch row → index into `rows`
-        next_positions = prefix_length + suffix_lengths
-        width = prefix_length + suffix_max
-        inputs_embeds = model.embed_tokens(suffix_ids)
-        for step in range(self.max_new_tokens):
-            self.counters.decode_batch_sizes[len(active)] += 1
-            self.counters.decode_steps += 1
-            logits = model.language_model(
-                inputs_embeds=inputs_embeds,
-                attention_mask=mask[:, :width],
-                position_ids=position_ids,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kwarg: cache},
-            ).logits[:, -1]
-            next_tokens = logits.argmax(dim=-1)
-            finished = self._record(rows, active, next_tokens.tolist(), step)
-            if len(finished) == len(active):
-                break
-            mask[:, width] = 1
-            width += 1
-            position_ids = next_positions[:, None].clone()
-            next_positions = next_positions + 1
-            inputs_embeds = model.embed_tokens(next_tokens[:, None])
-            if finished and 2 * len(finished) >= len(active):
-                keep = torch.tensor(
-                    [b for b, r in enumerate(active) if r not in finished], device=device
-                )
-                cache.batch_select_indices(keep)
-                mask, position_ids = mask[keep], position_ids[keep]
-                next_positions, inputs_embeds = next_positions[keep], inputs_embeds[keep]
-                active = [r for r in active if r not in finished]
+    def _release_slot(self, modality: Modality, slot: int) -> None:
+        self._slots[modality][slot] = None
+        state = self.decoder.states[modality]
+        state.prefix_len[slot] = 0
+        for lane in range(self.lanes[modality]):
+            state.clear_lane(slot, lane)
 
-    def _record(self, rows: list[_Row], active: list[int], tokens: list[int], step: int) -> set:
-        """Append each active row's new token; return the rows that are now done."""
-        finished: set[int] = set()
-        for r, token in zip(active, tokens, strict=True):
-            row = rows[r]
-            if row.stop_reason is not None:
-                finished.add(r)
-                continue
-            if token == self.eos_token_id and not self.ignore_eos:
-                row.stop_reason = "eos"
-                finished.add(r)
-                continue
-            row.token_ids.append(token)
-            self.counters.tokens_generated += 1
-            if step + 1 >= self.max_new_tokens:
-                row.stop_reason = "length"
-                finished.add(r)
-        return finished
 
-    def _results(
-        self, requests: Sequence[GenerationRequest], rows: list[_Row]
-    ) -> list[GenerationResult]:
-        by_request: dict[int, list[_Row]] = {}
-        for row in rows:
-            by_request.setdefault(row.request_index, []).append(row)
-        results = []
-        for index, request in enumerate(requests):
-            answers = tuple(
-                Answer(
-                    question=request.questions[row.question_index],
-                    text=self.tokenizer.decode(row.token_ids),
-                    token_ids=tuple(row.token_ids),
-                    stop_reason=row.stop_reason or "length",
-                )
-                for row in sorted(by_request[index], key=lambda row: row.question_index)
-            )
-            results.append(GenerationResult(request.key, request.modality, answers))
-        return results
+def tower_input_shape(model: FaceLlava, modality: Modality) -> tuple[int, ...]:
+    """Shape of one preprocessed visual: (3, S, S) for an image, (3, T, S, S) for a clip."""
+    if modality == "video":
+        tower = model.config.video_tower
+        return (3, tower.num_frames, tower.image_size, tower.image_size)
+    tower = model.config.image_tower
+    return (3, tower.image_size, tower.image_size)
 
 
 def tower_input(
@@ -444,6 +640,52 @@ def tower_input(
     return pixels
 
 
+@dataclass(frozen=True)
+class GreedyOutput:
+    """One prompt's greedy continuation: new tokens (no `</s>`), why it stopped, and the
+    logits of every step (float32, (n, V)) when asked for."""
+
+    token_ids: tuple[int, ...]
+    stop_reason: StopReason
+    step_logits: torch.Tensor | None = None
+
+
+@torch.inference_mode()
+def greedy_decode(
+    model: FaceLlava,
+    inputs_embeds: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    ignore_eos: bool = False,
+    keep_logits: bool = False,
+) -> GreedyOutput:
+    """The authors' loop on one prompt's embeddings (1, L, D): prefill, then argmax one
+    token at a time with the transformers KV cache, until `</s>` or `max_new_tokens`."""
+    step = model.lm_forward(inputs_embeds=inputs_embeds, logits_to_keep=1)
+    tokens: list[int] = []
+    scores: list[torch.Tensor] = []
+    stop_reason: StopReason = "length"
+    while len(tokens) < max_new_tokens:
+        logits = step.logits[0, -1]
+        if keep_logits:
+            scores.append(logits.float())
+        token = int(logits.argmax())
+        if token == eos_token_id and not ignore_eos:
+            stop_reason = "eos"
+            break
+        tokens.append(token)
+        if len(tokens) == max_new_tokens:
+            break
+        ids = torch.tensor([[token]], device=inputs_embeds.device)
+        step = model.lm_forward(input_ids=ids, cache=step.cache, logits_to_keep=1)
+    return GreedyOutput(
+        token_ids=tuple(tokens),
+        stop_reason=stop_reason,
+        step_logits=torch.stack(scores) if keep_logits and scores else None,
+    )
+
+
 @torch.inference_mode()
 def greedy_generate(
     model: FaceLlava,
@@ -469,43 +711,20 @@ def greedy_generate(
     else:
         features = model.encode_videos(pixels)[0]
     embeds = model.splice_visual_features(torch.tensor(ids, device=model.device), features)
-    cache = DynamicCache()
-    cache_kwarg = _cache_kwarg(model.language_model)
-    inputs_embeds = embeds[None]
-    tokens: list[int] = []
-    stop_reason: StopReason = "length"
-    for _ in range(max_new_tokens):
-        logits = model.language_model(
-            inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache}
-        ).logits
-        token = int(logits[0, -1].argmax())
-        if token == eos_token_id and not ignore_eos:
-            stop_reason = "eos"
-            break
-        tokens.append(token)
-        inputs_embeds = model.embed_tokens(torch.tensor([[token]], device=model.device))
+    output = greedy_decode(
+        model,
+        embeds[None],
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        ignore_eos=ignore_eos,
+    )
     return Answer(
         question=Question(question, _task_of(question)),
-        text=tokenizer.decode(tokens),
-        token_ids=tuple(tokens),
-        stop_reason=stop_reason,
+        text=tokenizer.decode(list(output.token_ids)),
+        token_ids=output.token_ids,
+        stop_reason=output.stop_reason,
     )
 
 
 def _task_of(question: str) -> Task | None:
     return next((task for task, text in DEFAULT_QUESTIONS.items() if text == question), None)
-
-
-def default_requests_for(
-    key: Hashable,
-    clip_rgb: np.ndarray | None,
-    image_rgb: np.ndarray | None,
-    tasks: Sequence[Task],
-) -> list[GenerationRequest]:
-    """Requests for `tasks` on one face: each task goes to its recommended modality."""
-    requests = []
-    for modality, visual in (("video", clip_rgb), ("image", image_rgb)):
-        wanted = [task for task in tasks if TASK_MODALITY[task] == modality]
-        if wanted and visual is not None:
-            requests.append(GenerationRequest.for_tasks((key, modality), visual, wanted))
-    return requests

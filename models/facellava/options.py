@@ -36,4 +36,33 @@ class ModelOptions(BaseModel):
         ),
     )
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Answer length cap (tokens).")
-    max_batch_clips: int = Field(8, ge=1, description="Most clips/images in one tower batch.")
+    max_batch_clips: int = Field(
+        8, ge=1, description="Most clips/images in one tower batch (admitted per engine step)."
+    )
+    engine_visuals: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Clips and images (each) the engine holds in preallocated KV slots at once; "
+            "auto = as many as fit in kv_memory_fraction of the free device memory (max 128)."
+        ),
+    )
+    kv_memory_fraction: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Share of the device memory free at engine start that auto KV slots may use.",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description=(
+            "Capture the decode step as CUDA graphs per slot bucket (CUDA only; each graph is "
+            "checked against the eager step when captured)."
+        ),
+    )
+    fp8: Literal["off", "weights", "weights_kv"] = Field(
+        "off",
+        description=(
+            "FP8 language-model weights (and KV cache) on Hopper GPUs (compute capability 9.0+); "
+            "refused elsewhere."
+        ),
+    )

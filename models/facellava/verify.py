@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from models.facellava.checkpoint import CheckpointError, LoadedModel, load_model
-from models.facellava.modeling import FaceLlava
+from models.facellava.engine import greedy_decode
 
 TOWER_TOLERANCE = 1e-4
 LOGITS_TOLERANCE = 1e-4
@@ -93,27 +93,6 @@ def compare_ids(name: str, ours: list[int], reference: list[int]) -> Check:
     )
 
 
-@torch.no_grad()
-def greedy_generate(
-    model: FaceLlava, inputs_embeds: torch.Tensor, max_new_tokens: int, eos_token_id: int
-) -> tuple[list[int], torch.Tensor]:
-    """Greedy decoding of one prompt with a KV cache: new ids and per-step logits (n, V)."""
-    step = model.lm_forward(inputs_embeds=inputs_embeds, logits_to_keep=1)
-    step_logits = step.logits[:, -1]
-    new_ids: list[int] = []
-    scores: list[torch.Tensor] = []
-    for _ in range(max_new_tokens):
-        scores.append(step_logits[0].float())
-        next_id = int(step_logits[0].argmax())
-        new_ids.append(next_id)
-        if next_id == eos_token_id:
-            break
-        token = torch.tensor([[next_id]], device=inputs_embeds.device)
-        step = model.lm_forward(input_ids=token, cache=step.cache)
-        step_logits = step.logits[:, -1]
-    return new_ids, torch.stack(scores)
-
-
 def _question_of(prompt: str) -> str:
     """The question inside a full `llava_v1` prompt string (it follows the first newline,
     right after the visual placeholders; the question itself may hold newlines)."""
@@ -179,7 +158,17 @@ def _check_modality(
         )
     )
     reference_new = ref("generate_new_ids")[0].tolist()
-    new_ids, scores = greedy_generate(model, embeds, len(reference_new), loaded.eos_token_id)
+    greedy = greedy_decode(
+        model,
+        embeds,
+        max_new_tokens=len(reference_new),
+        eos_token_id=loaded.eos_token_id,
+        keep_logits=True,
+    )
+    # The authors' ids end with `</s>` when they stopped there; ours leave it out.
+    new_ids = list(greedy.token_ids) + [loaded.eos_token_id] * (greedy.stop_reason == "eos")
+    assert greedy.step_logits is not None
+    scores = greedy.step_logits
     checks.append(compare_ids(f"{modality} greedy ids (KV cache)", new_ids, reference_new))
     checks.append(
         compare_tensors(
@@ -208,6 +197,7 @@ def _check_engine(loaded: LoadedModel, prompts: dict[str, str], reference_dir: P
         loaded.model,
         loaded.tokenizer,
         max_new_tokens=max(len(ids) for ids in expected.values()),
+        max_visuals=2,
         eos_token_id=loaded.eos_token_id,
     )
     return [

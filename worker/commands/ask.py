@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.model,
         loaded.tokenizer,
         max_new_tokens=options.max_new_tokens,
+        max_visuals=1,  # one question: no need for auto-sized KV slots
         eos_token_id=loaded.eos_token_id,
     )
     if visual is None:

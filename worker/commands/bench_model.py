@@ -6,6 +6,11 @@ run through `GenerationEngine` (batched tower, shared prefix prefill, batched de
 in the same run, as the authors' loop does it (`greedy_generate`: one visual and one
 question per call). Clips/s counts faces; tokens/s counts generated tokens.
 
+With `--arrival-rate R` it runs the continuous engine instead: `--requests N` face
+windows arrive over time (Poisson, R per second; 0 = all at once), each is submitted
+when it arrives and joins the running decode batch at the next step; it prints clips/s,
+p50/p95 latency per request (arrival to answer) and peak memory.
+
 `--config 7b` builds the real shapes (Vicuna-7B + ViT-L/14 towers at 224 px, 8 frames)
 with random weights, for GPU machines; `--config tiny` uses the test fixture's sizes,
 with the fixture's weights or random ones. Random weights ignore `</s>` and always make
@@ -63,6 +68,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU: torch intra-op threads (default: torch's)."
+    )
+    parser.add_argument(
+        "--arrival-rate",
+        type=float,
+        default=None,
+        help="Run the continuous engine with windows arriving at this rate per second "
+        "(Poisson; 0 = all at once) instead of the batch table.",
+    )
+    parser.add_argument("--requests", type=int, default=32, help="Windows in an arrival run.")
+    parser.add_argument(
+        "--workload",
+        choices=("emotion", "4 tasks"),
+        default="emotion",
+        help="Arrival run: emotion on a clip, or also age/attributes/AUs on an image.",
+    )
+    parser.add_argument(
+        "--max-visuals",
+        default="auto",
+        help="Arrival run: KV slots per modality (an integer, or auto: sized from free memory).",
+    )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="Arrival run: decode step as CUDA graphs."
     )
     add_model_arguments(
         parser,
@@ -264,11 +291,14 @@ def run(args: argparse.Namespace) -> int:
         weights = f"random (seed {args.seed}), tokenizer {tokenizer.path}"
     torch.manual_seed(args.seed)
     new_tokens = options.max_new_tokens
+    if args.arrival_rate is not None:
+        return _run_arrivals(args, model, tokenizer, eos, random_weights, weights, options, device)
     engine = GenerationEngine(
         model,
         tokenizer,
         max_new_tokens=new_tokens,
         max_batch_clips=max(batch_sizes),
+        max_visuals=max(batch_sizes),
         ignore_eos=random_weights,
         eos_token_id=eos,
     )
@@ -334,6 +364,116 @@ def run(args: argparse.Namespace) -> int:
     )
     if device.startswith("cuda"):
         _print_roofline(model, tokenizer, emotion_rates)
+    return 0
+
+
+def _run_arrivals(
+    args: argparse.Namespace,
+    model,
+    tokenizer,
+    eos: int,
+    random_weights: bool,
+    weights: str,
+    options,
+    device: str,
+) -> int:
+    """Windows arrive over time and join the running engine; latency and rate figures."""
+    import resource
+    from collections import deque
+
+    import numpy as np
+    import torch
+
+    from models.facellava.engine import GenerationEngine
+
+    if args.requests < 1 or args.arrival_rate < 0:
+        print("--requests must be >= 1 and --arrival-rate >= 0", file=sys.stderr)
+        return 2
+    try:
+        max_visuals = "auto" if args.max_visuals == "auto" else int(args.max_visuals)
+    except ValueError:
+        print(
+            f"--max-visuals must be an integer or auto, got {args.max_visuals!r}", file=sys.stderr
+        )
+        return 2
+    engine = GenerationEngine(
+        model,
+        tokenizer,
+        max_new_tokens=options.max_new_tokens,
+        max_batch_clips=options.max_batch_clips,
+        max_visuals=max_visuals,
+        memory_fraction=options.kv_memory_fraction,
+        ignore_eos=random_weights,
+        eos_token_id=eos,
+        cuda_graphs=args.cuda_graphs,
+    )
+    rng = np.random.default_rng(args.seed)
+    num_frames = model.config.video_tower.num_frames
+    faces = _workloads(args.requests, rng, num_frames)
+    requests = faces[args.workload]
+    # A face's clip and image requests arrive together.
+    gaps = (
+        rng.exponential(1 / args.arrival_rate, args.requests)
+        if args.arrival_rate > 0
+        else np.zeros(args.requests)
+    )
+    offsets = np.cumsum(gaps) - gaps[0]
+    arrival_of = {r.key: float(offsets[int(str(r.key)[1:])]) for r in requests}
+    engine.generate(_workloads(1, rng, num_frames)["4 tasks"])  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    queue = deque(sorted(requests, key=lambda r: arrival_of[r.key]))
+    latencies: list[float] = []
+    active_rows: list[int] = []
+    _sync(device)
+    start = time.perf_counter()
+    while queue or not engine.idle:
+        now = time.perf_counter() - start
+        while queue and arrival_of[queue[0].key] <= now and engine.pending < engine.max_pending:
+            engine.submit(queue.popleft())
+        if engine.idle:
+            time.sleep(max(0.0, min(0.01, arrival_of[queue[0].key] - now)))
+            continue
+        finished = engine.step()
+        done_s = time.perf_counter() - start
+        active_rows.append(engine.active)
+        latencies.extend(done_s - arrival_of[result.key] for result in finished)
+    _sync(device)
+    wall_s = time.perf_counter() - start
+    counters = engine.counters
+    kv_bytes = sum(pool.nbytes for pool in engine.pools.values())
+    if device.startswith("cuda"):
+        peak = f"peak CUDA memory allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    else:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        peak = f"peak process RSS {rss:.2f} GiB (whole process, since start)"
+    p50, p95 = np.percentile(latencies, [50, 95])
+    print(f"# facestream bench model (arrivals): config {args.config}, weights {weights}")
+    print(
+        f"# device {device} ({_device_name(device)}), dtype {options.dtype}, "
+        f"max_new_tokens {options.max_new_tokens}, workload {args.workload}, "
+        f"{args.requests} faces at {args.arrival_rate:g}/s (Poisson, seed {args.seed})"
+    )
+    budget = engine.slot_budget
+    sizing = (
+        f"auto ({budget.usable_bytes / 2**30:.2f} GiB usable)" if budget is not None else "fixed"
+    )
+    print(
+        f"# KV slots: {engine.max_visuals} per modality ({sizing}), "
+        f"{kv_bytes / 2**20:.1f} MiB preallocated; cuda graphs {args.cuda_graphs}"
+    )
+    print(
+        f"faces {args.requests}  wall {wall_s:.3f} s  clips/s {args.requests / wall_s:.2f}  "
+        f"tokens/s {counters.tokens_generated / wall_s:.1f}"
+    )
+    print(
+        f"latency per request (arrival -> answer): p50 {p50 * 1000:.0f} ms  "
+        f"p95 {p95 * 1000:.0f} ms  max {max(latencies) * 1000:.0f} ms"
+    )
+    print(
+        f"decode steps {counters.decode_steps}  mean active rows "
+        f"{float(np.mean(active_rows)) if active_rows else 0:.1f}  {peak}"
+    )
     return 0
 
 
