@@ -28,7 +28,7 @@ from typing import Any, Literal
 import structlog
 import torch
 
-from models.devices import resolve_device
+from models.devices import model_dtype, resolve_device
 from models.facellava.modeling import (
     FaceLlava,
     FaceLlavaConfig,
@@ -523,12 +523,26 @@ def load_model(
     )
 
 
+def check_model_source(options: ModelOptions) -> Path:
+    """Cheap checks before a long load: the folder (or the hub repo's config, from the cache
+    or, when reachable, the hub) exists and holds a known format. Raises `CheckpointError`."""
+    folder = resolve_folder(
+        options.model,
+        cache_dir=options.hf_cache_dir,
+        offline=options.hf_offline,
+        allow_patterns=["config.json", OUR_CONFIG_FILE],
+    )
+    detect_format(folder)
+    return folder
+
+
 def load_from_options(options: ModelOptions, device: str | None = None) -> LoadedModel:
-    """`load_model` with the knobs of a `ModelOptions` (device `auto` → CUDA when present)."""
+    """`load_model` with the knobs of a `ModelOptions` (device `auto` → CUDA when present;
+    on CPU float32 unless the options set a dtype explicitly, see `model_dtype`)."""
     chosen = resolve_device(device or options.device)
     return load_model(
         options.model,
-        dtype=options.dtype,
+        dtype=model_dtype(options.dtype, chosen, "dtype" in options.model_fields_set),
         device=chosen,
         attn_implementation=options.attn_implementation,
         cache_dir=options.hf_cache_dir,
