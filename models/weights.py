@@ -145,6 +145,23 @@ def resolve_weights(
     return path
 
 
+def cached_weights(spec: str, cache_dir: str | Path | None = None) -> Path | None:
+    """The weights named by `spec` when they are here already (a local file, or a hub file
+    in the cache), without any network access; None otherwise."""
+    local = Path(spec).expanduser()
+    if local.is_file():
+        return local
+    match = _HUB_SPEC.match(spec)
+    if match is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(
+        match["repo"], match["file"], cache_dir=str(cache_dir) if cache_dir else None
+    )
+    return Path(found) if isinstance(found, str) else None
+
+
 def _from_hub(repo_id: str, filename: str, cache_dir: str | Path | None) -> Path:
     """The cached hub file, downloading it only when it is not cached yet."""
     # Imported here: the hub client is only needed for hub references.
