@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from models.facellava.answers import Task, TaskResult
 
 SCHEMA_VERSION = 1
+SECONDS_DECIMALS = 3  # stream and wall times: milliseconds, as the window records
+PIXEL_DECIMALS = 1
+SCORE_DECIMALS = 4
 
 
 def event_id_for(stream_id: str, track_id: int, window_start_s: float, task: str) -> str:
@@ -39,3 +42,15 @@ class FaceEvent(BaseModel):
     detector_score: float
     model_id: str
     worker_id: str
+
+    @field_serializer("window_start_s", "window_end_s", "wall_time_s", "frame_wall_time_s")
+    def _round_seconds(self, value: float) -> float:
+        return round(value, SECONDS_DECIMALS)
+
+    @field_serializer("box_xyxy")
+    def _round_box(self, value: tuple[float, float, float, float]) -> list[float]:
+        return [round(v, PIXEL_DECIMALS) for v in value]
+
+    @field_serializer("detector_score")
+    def _round_score(self, value: float) -> float:
+        return round(value, SCORE_DECIMALS)
