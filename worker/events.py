@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.facellava.answers import Task, TaskResult
 
@@ -43,14 +43,21 @@ class FaceEvent(BaseModel):
     model_id: str
     worker_id: str
 
-    @field_serializer("window_start_s", "window_end_s", "wall_time_s", "frame_wall_time_s")
-    def _round_seconds(self, value: float) -> float:
+    # Rounded when made, so an event equals what is read back from the wire.
+    @field_validator("window_start_s", "window_end_s", "wall_time_s", "frame_wall_time_s")
+    @classmethod
+    def _round_seconds(cls, value: float) -> float:
         return round(value, SECONDS_DECIMALS)
 
-    @field_serializer("box_xyxy")
-    def _round_box(self, value: tuple[float, float, float, float]) -> list[float]:
-        return [round(v, PIXEL_DECIMALS) for v in value]
+    @field_validator("box_xyxy")
+    @classmethod
+    def _round_box(
+        cls, value: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float]:
+        x1, y1, x2, y2 = (round(v, PIXEL_DECIMALS) for v in value)
+        return (x1, y1, x2, y2)
 
-    @field_serializer("detector_score")
-    def _round_score(self, value: float) -> float:
+    @field_validator("detector_score")
+    @classmethod
+    def _round_score(cls, value: float) -> float:
         return round(value, SCORE_DECIMALS)
