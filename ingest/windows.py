@@ -108,6 +108,7 @@ class WindowBuilder:
         self.max_samples_per_track = 2 * math.ceil(self.expected_samples) + 2
         self.stats = WindowStats()
         self._tracks: dict[int, _TrackWindows] = {}
+        self._newest_pts_s = -math.inf  # a window never ends after the newest frame seen
 
     @property
     def windowed_track_ids(self) -> list[int]:
@@ -122,6 +123,7 @@ class WindowBuilder:
     def update(self, frame: Frame, faces: TrackedFaces) -> list[WindowRequests]:
         """Add one frame's tracked faces; return the windows that closed."""
         out: list[WindowRequests] = []
+        self._newest_pts_s = max(self._newest_pts_s, frame.pts_s)
         for track_id, state in self._tracks.items():
             out.extend(self._close_until(track_id, state, frame.pts_s))
         self._add_faces(frame, faces)
@@ -207,6 +209,9 @@ class WindowBuilder:
         start_s = state.window_start_s
         end_s = start_s + opts.window_s
         inside = [s for s in state.samples if start_s <= s.pts_s < end_s]
+        # Flushed at a track's or the stream's end: the window ends with the newest frame
+        # (the source's end), not window_s after its start.
+        end_s = min(end_s, max(self._newest_pts_s, start_s))
         state.window_start_s = start_s + opts.stride_s
         while state.samples and state.samples[0].pts_s < state.window_start_s:
             state.samples.popleft()

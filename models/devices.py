@@ -18,3 +18,11 @@ def resolve_device(name: str, what: str = "model") -> str:
             f"{what} device {name!r} requested but torch sees no CUDA GPU; use 'cpu' or 'auto'"
         )
     return name
+
+
+def model_dtype(configured: str, device: str, explicit: bool) -> str:
+    """The dtype a model runs in: float32 on CPU (bf16/fp16 matmuls are slow and less exact
+    there) unless one was chosen explicitly; the configured dtype elsewhere."""
+    if device == "cpu" and not explicit:
+        return "float32"
+    return configured

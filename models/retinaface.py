@@ -26,7 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from models.detections import Detections
 from models.devices import resolve_device
 from models.retinaface_options import DetectorOptions
-from models.weights import resolve_weights
+from models.weights import load_torch_weights, resolve_weights
 
 log = structlog.get_logger(__name__)
 
@@ -367,10 +367,7 @@ def config_from_state_dict(state: dict[str, Tensor]) -> RetinaFaceConfig:
 
 def load_retinaface(path: Path, device: str | torch.device = "cpu") -> RetinaFace:
     """Build the variant matching the checkpoint at `path` and load it with strict=True."""
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read RetinaFace weights {path}: {exc}") from exc
+    raw = load_torch_weights(path, "RetinaFace weights")
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict):

@@ -39,14 +39,33 @@ def test_analyze_writes_window_and_track_records(hamilton_run: tuple[list[dict],
     for window in windows:
         pts = window["clip_frame_pts_s"]
         assert len(pts) == 8 and pts == sorted(pts)
-        assert window["window_start_s"] <= pts[0] and pts[-1] < window["window_end_s"]
-        assert window["window_start_s"] <= window["image_pts_s"] < window["window_end_s"]
+        # Windows are [start, end); one cut short by the end of the source ends at its
+        # newest frame, which it then includes.
+        cut_short = window["window_end_s"] - window["window_start_s"] < 2.5 - 1e-6
+        assert window["window_start_s"] <= pts[0]
+        assert pts[-1] <= window["window_end_s"] if cut_short else pts[-1] < window["window_end_s"]
+        assert window["window_start_s"] <= window["image_pts_s"] <= window["window_end_s"]
         assert 0 < window["quality"] <= 1 and 0.5 <= window["detector_score"] <= 1
         x1, y1, x2, y2 = window["box_xyxy"]
         assert 0 <= x1 < x2 and 0 <= y1 < y2
         track = tracks[window["track_id"]]  # every windowed track is reported when it ends
         assert track["first_pts_s"] <= window["image_pts_s"] <= track["last_pts_s"]
     assert len({w["track_id"] for w in windows}) >= 4  # the group shot gives several people
+
+
+def test_no_window_ends_after_the_video(
+    hamilton_run: tuple[list[dict], Path], hamilton_mp4: Path
+) -> None:
+    import av
+
+    with av.open(str(hamilton_mp4)) as container:
+        stream = container.streams.video[0]
+        video_end_s = float((stream.start_time + stream.duration) * stream.time_base)
+    records, _ = hamilton_run
+    ends = [r["window_end_s"] for r in records if r["type"] == "window"]
+    assert max(ends) <= video_end_s
+    # Tracks alive at the end are flushed: some window is cut short by the video's end.
+    assert any(end > video_end_s - 2.5 + 2.0 for end in ends)
 
 
 def test_analyze_save_clips_writes_files_that_decode(hamilton_run: tuple[list[dict], Path]) -> None:

@@ -41,7 +41,7 @@ def test_ask_on_the_example_clip_prints_the_answer_of_its_eight_linspace_frames(
     completed = subprocess.run(
         [
             *(sys.executable, "-m", "worker.cli", "ask", str(clip), "--task", "emotion"),
-            *("--device", "cpu", "--max-new-tokens", "8"),
+            *("--device", "cpu", "--max-new-tokens", "8", "--json"),
         ],
         capture_output=True,
         text=True,
@@ -76,7 +76,7 @@ def test_ask_on_a_face_image_with_own_question(tmp_path, tiny, loaded, capsys):
         [
             *("ask", str(path), "--task", "age", "--question", question),
             *("--model", str(tiny / "checkpoint"), "--hf-cache", str(tiny / "hf_cache")),
-            *("--offline", "--device", "cpu", "--max-new-tokens", "6"),
+            *("--offline", "--device", "cpu", "--max-new-tokens", "6", "--json"),
         ]
     )
     assert status == 0
@@ -85,6 +85,33 @@ def test_ask_on_a_face_image_with_own_question(tmp_path, tiny, loaded, capsys):
     assert output["modality"] == "image" and output["question"] == question
     assert output["token_ids"] == list(expected.token_ids)
     assert output["dtype"] == "float32"
+
+
+def test_ask_prints_the_answer_as_text_and_warns_when_given_a_full_frame(
+    tmp_path, testdata, tiny, loaded, mnet_weights, monkeypatch, capsys
+):
+    # A frame of the Hamilton clip: two small faces, not a face crop.
+    with av.open(str(testdata / "videos" / "short_hamilton_clip.mp4")) as container:
+        frame = next(iter(container.decode(video=0))).to_ndarray(format="rgb24")
+    path = tmp_path / "frame.png"
+    Image.fromarray(frame).save(path)
+    monkeypatch.setenv("FACESTREAM_DETECTOR__WEIGHTS", str(mnet_weights))
+    status = main(
+        [
+            *("ask", str(path), "--task", "age"),
+            *("--model", str(tiny / "checkpoint"), "--hf-cache", str(tiny / "hf_cache")),
+            *("--offline", "--device", "cpu", "--max-new-tokens", "6"),
+        ]
+    )
+    assert status == 0
+    captured = capsys.readouterr()
+    expected = greedy_generate(
+        loaded.model, loaded.tokenizer, frame, DEFAULT_QUESTIONS[Task.AGE], max_new_tokens=6
+    )
+    answer, result = captured.out.rsplit("\n", 2)[:2]
+    assert answer == expected.text
+    assert result.startswith("result: ")
+    assert "does not look like a face crop" in captured.err and "faces in it" in captured.err
 
 
 def test_ask_reports_a_missing_source(tmp_path, capsys):

@@ -118,7 +118,12 @@ def test_tail_from_start_prints_raw_json_of_each_event(redis_server: RedisServer
         "--prefix", PREFIX,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert [FaceEvent.model_validate_json(line) for line in done.stdout.splitlines()] == events
+    # The wire carries floats rounded like the window records (ms, 0.1 px, 4 digits).
+    written = [FaceEvent.model_validate_json(event.model_dump_json()) for event in events]
+    assert [FaceEvent.model_validate_json(line) for line in done.stdout.splitlines()] == written
+    first = json.loads(done.stdout.splitlines()[0])
+    assert first["detector_score"] == 0.9877 and first["box_xyxy"] == [10.2, 20.5, 110.8, 140.0]
+    assert first["wall_time_s"] == 1_764_000_000.123
 
 
 def test_tail_follows_only_new_events_in_pretty_lines(redis_server: RedisServer) -> None:

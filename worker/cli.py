@@ -24,6 +24,21 @@ COMMAND_MODULES = (
     "tail",
 )
 
+USER_ERRORS = (
+    ("worker.settings", "SettingsError"),
+    ("models.weights", "WeightsError"),
+    ("models.retinaface", "CheckpointError"),
+    ("models.devices", "DeviceUnavailableError"),
+    ("models.facellava.checkpoint", "CheckpointError"),
+    ("models.facellava.modeling", "FaceLlavaConfigError"),
+    ("models.facellava.prompts", "PromptError"),
+    ("models.facellava.prompts", "TokenizerNotFoundError"),
+)
+"""Exceptions that mean the user's input or setup is wrong, not our code: one line, exit 2.
+Named, not imported, so `facestream --help` stays instant: an exception can only be an
+instance of a class whose module has been imported."""
+EXIT_USAGE = 2
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command registered."""
@@ -42,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"facestream {args.command}: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -50,6 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         # Every output is closed by now; the interpreter's last collection would walk
         # torch's whole object graph (~0.3 s of a short `analyze`) for nothing.
         gc.freeze()
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for the exception types of `USER_ERRORS`."""
+    for module_name, class_name in USER_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
+
+
+def one_line(message: str) -> str:
+    """A message with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

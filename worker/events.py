@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.facellava.answers import Task, TaskResult
 
 SCHEMA_VERSION = 1
+SECONDS_DECIMALS = 3  # stream and wall times: milliseconds, as the window records
+PIXEL_DECIMALS = 1
+SCORE_DECIMALS = 4
 
 
 def event_id_for(stream_id: str, track_id: int, window_start_s: float, task: str) -> str:
@@ -39,3 +42,22 @@ class FaceEvent(BaseModel):
     detector_score: float
     model_id: str
     worker_id: str
+
+    # Rounded when made, so an event equals what is read back from the wire.
+    @field_validator("window_start_s", "window_end_s", "wall_time_s", "frame_wall_time_s")
+    @classmethod
+    def _round_seconds(cls, value: float) -> float:
+        return round(value, SECONDS_DECIMALS)
+
+    @field_validator("box_xyxy")
+    @classmethod
+    def _round_box(
+        cls, value: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float]:
+        x1, y1, x2, y2 = (round(v, PIXEL_DECIMALS) for v in value)
+        return (x1, y1, x2, y2)
+
+    @field_validator("detector_score")
+    @classmethod
+    def _round_score(cls, value: float) -> float:
+        return round(value, SCORE_DECIMALS)

@@ -20,8 +20,31 @@ _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+OLD_BROKER_HINT = (
+    "brokers older than 0.10 do not answer the version probe: for them set "
+    "FACESTREAM_KAFKA__API_VERSION (e.g. 0.9)"
+)
+
+
 class KafkaConfigError(ValueError):
     """The Kafka settings cannot work; the message names the setting to fix."""
+
+
+def is_bootstrap_failure(error: BaseException) -> bool:
+    """True for kafka-python's "Unable to bootstrap" (no broker answered in time)."""
+    from kafka.errors import KafkaTimeoutError
+
+    return isinstance(error, KafkaTimeoutError) and "bootstrap" in str(error).lower()
+
+
+def explain_bootstrap_failure(settings: KafkaSettings, error: Exception) -> Exception:
+    """`error` itself, or, for a bootstrap failure with the API version auto-detected, an
+    error of the same type whose message adds `OLD_BROKER_HINT` (such a broker looks
+    exactly like one that is down)."""
+    if settings.api_version is not None or not is_bootstrap_failure(error):
+        return error
+    detail = error.args[0] if error.args else ""  # str() of a kafka error adds its class name
+    return type(error)(f"{detail}; {OLD_BROKER_HINT}")
 
 
 def parse_api_version(text: str | None) -> tuple[int, ...] | None:
@@ -112,15 +135,24 @@ def producer_kwargs(settings: KafkaSettings, *, client_id: str) -> dict[str, Any
 
 
 def make_consumer(settings: KafkaSettings, *, client_id: str) -> KafkaConsumer:
-    """A `KafkaConsumer` (not yet subscribed); raises kafka errors when no broker answers."""
+    """A `KafkaConsumer` (not yet subscribed); raises kafka errors when no broker answers
+    (a bootstrap failure with the version auto-detected says what old brokers need)."""
     from kafka import KafkaConsumer
+    from kafka.errors import KafkaTimeoutError
 
-    return KafkaConsumer(**consumer_kwargs(settings, client_id=client_id))
+    try:
+        return KafkaConsumer(**consumer_kwargs(settings, client_id=client_id))
+    except KafkaTimeoutError as error:
+        raise explain_bootstrap_failure(settings, error) from error
 
 
 def make_producer(settings: KafkaSettings, *, client_id: str, **overrides: Any) -> KafkaProducer:
     """A `KafkaProducer` (kwargs may override, e.g. `max_block_ms`); raises kafka errors
     when no broker answers (auto version)."""
     from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
 
-    return KafkaProducer(**{**producer_kwargs(settings, client_id=client_id), **overrides})
+    try:
+        return KafkaProducer(**{**producer_kwargs(settings, client_id=client_id), **overrides})
+    except KafkaTimeoutError as error:
+        raise explain_bootstrap_failure(settings, error) from error

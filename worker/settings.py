@@ -6,10 +6,14 @@ composes them with the worker's own knobs so an operator finds everything here.
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 import socket
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.sources import SourceOptions
@@ -17,6 +21,24 @@ from ingest.tracking import TrackerOptions
 from ingest.windows import WindowOptions
 from models.facellava.options import ModelOptions
 from models.retinaface_options import DetectorOptions
+
+ENV_PREFIX = "FACESTREAM_"
+ENV_NESTED_DELIMITER = "__"
+NOT_SETTINGS: dict[str, str] = {
+    "FACESTREAM_TESTDATA": "folder of the test data, read by the tests and `bench`",
+    "FACESTREAM_KAFKA_CACHE": "where the tests keep their Kafka 0.9 test broker",
+}
+"""`FACESTREAM_*` variables that are legitimately not settings (the README lists them)."""
+# What Kubernetes injects for a Service named facestream-*: FACESTREAM_WORKER_SERVICE_HOST,
+# FACESTREAM_WORKER_PORT_8080_TCP_ADDR, ...
+_SERVICE_LINK = re.compile(r"_SERVICE_(HOST|PORT)|_PORT(_\d+_(TCP|UDP|SCTP)\w*)?$")
+
+
+class SettingsError(Exception):
+    """The `FACESTREAM_*` environment names no setting or holds an invalid value.
+
+    The message is one line that names the variable (never its value: it may be a secret).
+    """
 
 
 class KafkaSettings(BaseModel):
@@ -102,3 +124,70 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+
+    def __init__(self, **values: Any) -> None:
+        """Read the environment; raise `SettingsError` (one line) on any unknown or bad value."""
+        check_environment(os.environ)
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise SettingsError(describe_validation_error(error)) from None
+
+
+def setting_variable_names() -> frozenset[str]:
+    """Every `FACESTREAM_*` name `Settings` reads, nested with `__`; a sub-model's own name
+    (which takes JSON) included."""
+    names: set[str] = set()
+
+    def walk(model: type[BaseModel], path: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{path}{ENV_NESTED_DELIMITER}{name}" if path else name
+            names.add(f"{ENV_PREFIX}{key}".upper())
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, key)
+
+    walk(Settings, "")
+    return frozenset(names)
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse every `FACESTREAM_*` variable that is not a setting (nor in `NOT_SETTINGS`),
+    naming the closest real setting. pydantic-settings silently ignores such a variable,
+    so a typo would otherwise run with the default (e.g. another Redis)."""
+    known = setting_variable_names()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and name.upper() not in NOT_SETTINGS
+    )
+    if not unknown:
+        return
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    problems = []
+    for name in unknown:
+        # Compared without the shared prefix, which would make every name look close.
+        close = difflib.get_close_matches(
+            name.upper().removeprefix(ENV_PREFIX), sorted(suffixes), n=1, cutoff=0.6
+        )
+        if _SERVICE_LINK.search(name.upper()):
+            hint = " (a Kubernetes service link? set enableServiceLinks: false on the pod)"
+        elif close:
+            hint = f" (did you mean {suffixes[close[0]]}?)"
+        else:
+            hint = ""
+        problems.append(f"{name} is not a setting{hint}")
+    raise SettingsError(
+        "; ".join(problems) + " -- settings are listed in the README's Settings table"
+    )
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each bad variable and what is wrong, without the values."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        path = ENV_NESTED_DELIMITER.join(str(part) for part in item["loc"])
+        problems.append(f"{ENV_PREFIX}{path.upper()}: {item['msg']}")
+    return "invalid settings: " + "; ".join(problems)

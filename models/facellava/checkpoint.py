@@ -28,7 +28,7 @@ from typing import Any, Literal
 import structlog
 import torch
 
-from models.devices import resolve_device
+from models.devices import model_dtype, resolve_device
 from models.facellava.modeling import (
     FaceLlava,
     FaceLlavaConfig,
@@ -174,22 +174,41 @@ def resolve_folder(
     if path.is_dir():
         return path
     if path.exists() or str(source).startswith((".", "/")) or str(source).count("/") != 1:
-        raise CheckpointNotFoundError(f"{source} is neither a folder nor a hub repo id")
+        raise CheckpointNotFoundError(
+            f"{source} is neither a checkpoint folder nor a hub repo id (owner/name): "
+            "check the path, or give the folder `facestream model convert` wrote"
+        )
+    from huggingface_hub import constants as hub_constants
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
+    from models.weights import hub_unreachable_reason
+
+    where = f"the HF cache {cache_dir or hub_constants.HF_HUB_CACHE}"
+    offline = offline or bool(hub_constants.HF_HUB_OFFLINE)
+    # An unreachable hub: take the cache or fail now, not after the hub client's retries.
+    unreachable = None if offline else hub_unreachable_reason()
     try:
         folder = snapshot_download(
             str(source),
             cache_dir=str(cache_dir) if cache_dir else None,
-            local_files_only=offline,
+            local_files_only=offline or unreachable is not None,
             allow_patterns=allow_patterns,
         )
-    except (LocalEntryNotFoundError, HFValidationError, OSError) as exc:
-        where = f"cache {cache_dir}" if cache_dir else "the default HF cache"
-        hint = "offline mode: download it first or set hf_offline=false" if offline else ""
+    except LocalEntryNotFoundError as exc:
+        if offline:
+            why = "offline mode is on (FACESTREAM_MODEL__HF_OFFLINE, --offline or HF_HUB_OFFLINE)"
+        elif unreachable is not None:
+            why = f"the hub {unreachable}"
+        else:
+            why = f"the hub did not give it ({' '.join(str(exc).split())})"
         raise CheckpointNotFoundError(
-            f"cannot get hub repo {source} ({where}); {hint} ({exc})"
+            f"hub repo {source} is not in {where} and {why}: fetch it once with network "
+            "access into the same cache, or give a local folder"
+        ) from exc
+    except (HFValidationError, OSError) as exc:
+        raise CheckpointNotFoundError(
+            f"cannot get hub repo {source} ({where}): {type(exc).__name__}: {exc}"
         ) from exc
     return Path(str(folder))
 
@@ -319,11 +338,19 @@ def _resolve_tower(
     if not local.is_dir() and (checkpoint_folder / name).is_dir():
         local = checkpoint_folder / name
     patterns = ["config.json"] if want == "checkpoint" else ["*.json", "*.bin", "*.safetensors"]
-    folder = (
-        local
-        if local.is_dir()
-        else resolve_folder(name, cache_dir=cache_dir, offline=offline, allow_patterns=patterns)
-    )
+    try:
+        folder = (
+            local
+            if local.is_dir()
+            else resolve_folder(name, cache_dir=cache_dir, offline=offline, allow_patterns=patterns)
+        )
+    except CheckpointNotFoundError as exc:
+        if want != "checkpoint":
+            raise
+        raise CheckpointNotFoundError(
+            f"tower {name}: tower_weights=checkpoint takes the weights from the checkpoint's "
+            f"tower copies, but the tower's config.json still comes from its repo, and {exc}"
+        ) from exc
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointNotFoundError(f"tower {name}: no config.json in {folder}")
@@ -496,12 +523,26 @@ def load_model(
     )
 
 
+def check_model_source(options: ModelOptions) -> Path:
+    """Cheap checks before a long load: the folder (or the hub repo's config, from the cache
+    or, when reachable, the hub) exists and holds a known format. Raises `CheckpointError`."""
+    folder = resolve_folder(
+        options.model,
+        cache_dir=options.hf_cache_dir,
+        offline=options.hf_offline,
+        allow_patterns=["config.json", OUR_CONFIG_FILE],
+    )
+    detect_format(folder)
+    return folder
+
+
 def load_from_options(options: ModelOptions, device: str | None = None) -> LoadedModel:
-    """`load_model` with the knobs of a `ModelOptions` (device `auto` → CUDA when present)."""
+    """`load_model` with the knobs of a `ModelOptions` (device `auto` → CUDA when present;
+    on CPU float32 unless the options set a dtype explicitly, see `model_dtype`)."""
     chosen = resolve_device(device or options.device)
     return load_model(
         options.model,
-        dtype=options.dtype,
+        dtype=model_dtype(options.dtype, chosen, "dtype" in options.model_fields_set),
         device=chosen,
         attn_implementation=options.attn_implementation,
         cache_dir=options.hf_cache_dir,

@@ -17,7 +17,8 @@ class ModelOptions(BaseModel):
         description="Checkpoint: hub id, original-format folder, or our converted folder.",
     )
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Weight/activation dtype (float32 on CPU is safest)."
+        "bfloat16",
+        description="Weight/activation dtype; on CPU float32 unless this is set explicitly.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run.")
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(

@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"facestream analyze: invalid option: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_format, args.log_level)
+    mistake = output_mistake(args.out, args.save_clips)
+    if mistake is not None:  # before the slow model load
+        print(f"facestream analyze: {mistake}", file=sys.stderr)
+        return 2
     try:
         handler = model_stage(args)
     except ValueError as exc:
@@ -112,6 +116,22 @@ def run(args: argparse.Namespace) -> int:
             out.close()
 
 
+def output_mistake(out: Path | None, save_clips: Path | None) -> str | None:
+    """What is wrong with `--out` / `--save-clips` (one line), or None."""
+    if out is not None and not out.parent.is_dir():
+        return f"--out {out}: folder {out.parent} does not exist; create it first"
+    if out is not None and out.is_dir():
+        return f"--out {out} is a folder; give a file name like {out / 'events.jsonl'}"
+    if save_clips is not None:
+        existing = next(p for p in (save_clips, *save_clips.parents) if p.exists())
+        if not existing.is_dir():
+            return (
+                f"--save-clips {save_clips}: {existing} is a file; give a folder "
+                "(it is created if missing)"
+            )
+    return None
+
+
 def model_stage(args: argparse.Namespace) -> WindowHandler | None:
     """The Face-LLaVA stage when `--model` or `--tasks` is given: window → FaceEvent records."""
     if args.model is None and args.tasks is None:
@@ -121,11 +141,15 @@ def model_stage(args: argparse.Namespace) -> WindowHandler | None:
     from worker.commands.facellava_common import load_for_cli
     from worker.scheduler import WindowJob
 
-    names = (args.tasks or "emotion").split(",")
-    try:
-        tasks = tuple(Task(name.strip()) for name in names if name.strip())
-    except ValueError:
-        raise ValueError(f"--tasks: unknown task in {args.tasks!r}") from None
+    names = [name.strip() for name in (args.tasks or "emotion").split(",") if name.strip()]
+    valid = [task.value for task in Task]
+    unknown = [name for name in names if name not in valid]
+    if unknown or not names:
+        raise ValueError(
+            f"--tasks: unknown task {', '.join(unknown) or '(none given)'}; "
+            f"give one or more of {','.join(valid)}"
+        )
+    tasks = tuple(Task(name) for name in names)
     loaded, options, _device = load_for_cli(args)
     answerer = FaceAnswerer.from_loaded(loaded, options, worker_id="analyze")
 

@@ -3,8 +3,13 @@
 SOURCE is a face crop image (png/jpg) or a pre-cropped face clip (mp4 or any video PyAV
 reads: 8 frames are taken at `floor(linspace(0, n-1, 8))` over all its frames, as the
 authors do; one decode pass counts the n frames, a second keeps only the 8). Prints one
-JSON object: the question, the answer text, its token ids, and the structured result the
-answer parser finds in it (or null).
+the answer as text (and the structured result the answer parser finds in it); `--json`
+prints one JSON object with the question, answer, token ids, stop reason and result.
+
+It wants a face crop (or a clip of face crops), not a full frame: when the detector
+weights are on this machine already, ask runs RetinaFace on the image (a clip: its middle
+sampled frame) and warns when it finds several faces, none, or one that fills less than
+a fifth of the picture. Without local weights this hint is skipped (nothing is fetched).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from worker.commands.facellava_common import add_model_arguments
 
 TASKS = ("emotion", "age", "attributes", "action_units")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+CROP_MIN_FACE_AREA = 0.2
+"""A face crop's face covers at least this fraction of it (the authors' crops: 0.6-0.9)."""
 
 
 class SourceReadError(RuntimeError):
@@ -27,15 +34,49 @@ class SourceReadError(RuntimeError):
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `ask` sub-command."""
     parser = sub.add_parser(
-        "ask", help="Ask Face-LLaVA about one face image or pre-cropped face clip."
+        "ask",
+        help="Ask Face-LLaVA about one face image or pre-cropped face clip.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="Face image (png/jpg) or pre-cropped face clip (mp4).")
     parser.add_argument("--task", choices=TASKS, required=True, help="What to ask.")
     parser.add_argument(
         "--question", default=None, help="Own question (default: the task's default question)."
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="Print one JSON object (question, answer, token ids, stop reason, result, ...).",
+    )
     add_model_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def face_crop_hint(visual_rgb, weights: str, cache_dir: str | None) -> str | None:
+    """Why the picture does not look like one face crop (see the module doc), or None when
+    it does or the detector weights are not here."""
+    import numpy as np
+
+    from models.retinaface import RetinaFaceDetector
+    from models.retinaface_options import DetectorOptions
+    from models.weights import cached_weights
+
+    path = cached_weights(weights, cache_dir)
+    if path is None:
+        return None
+    detector = RetinaFaceDetector.from_options(DetectorOptions(weights=str(path), device="cpu"))
+    image_bgr = np.ascontiguousarray(visual_rgb[..., ::-1])
+    boxes = detector.detect([image_bgr])[0].xyxy
+    if len(boxes) == 0:
+        return "the detector finds no face in it"
+    if len(boxes) > 1:
+        return f"the detector finds {len(boxes)} faces in it"
+    height, width = image_bgr.shape[:2]
+    share = float((boxes[0, 2] - boxes[0, 0]) * (boxes[0, 3] - boxes[0, 1])) / (height * width)
+    if share < CROP_MIN_FACE_AREA:
+        return f"its one face covers {share:.0%} of the picture"
+    return None
 
 
 def read_image_rgb(path: Path):
@@ -160,6 +201,17 @@ def run(args: argparse.Namespace) -> int:
         except SourceReadError as exc:
             print(f"facestream ask: {exc}", file=sys.stderr)
             return 2
+    from worker.settings import Settings
+
+    detector_options = Settings().detector
+    middle = visual if visual.ndim == 3 else visual[len(visual) // 2]
+    hint = face_crop_hint(middle, detector_options.weights, detector_options.cache_dir)
+    if hint is not None:
+        log.warning(
+            f"this does not look like a face crop: {hint}; the answer is about whatever "
+            "the model makes of the whole picture (crop one face first, e.g. with "
+            "`facestream analyze --save-clips`)"
+        )
     (result,) = engine.generate([GenerationRequest(str(source), visual, (question,))])
     answer = result.answers[0]
     parsed = parse_answer(task, answer.text)
@@ -177,5 +229,10 @@ def run(args: argparse.Namespace) -> int:
         "device": device,
         "dtype": options.dtype,
     }
-    print(json.dumps(output, indent=2, ensure_ascii=False))
+    if args.json:
+        print(json.dumps(output, ensure_ascii=False))
+        return 0
+    print(answer.text)
+    found = json.dumps(output["result"]) if parsed is not None else "none (the parser found none)"
+    print(f"result: {found}")
     return 0

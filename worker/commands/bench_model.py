@@ -40,7 +40,10 @@ CROP_PX = 256
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `bench model` sub-command (under `facestream bench`)."""
     parser = sub.add_parser(
-        "model", help="Face-LLaVA throughput: batched engine vs one request at a time."
+        "model",
+        help="Face-LLaVA throughput: batched engine vs one request at a time.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", choices=("tiny", "7b"), default="tiny")
     parser.add_argument(

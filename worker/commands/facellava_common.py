@@ -68,10 +68,13 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_dtype(args: argparse.Namespace, options: ModelOptions, device: str) -> str:
-    """The explicit `--dtype`, else float32 on CPU (bf16 matmuls are slow there)."""
+    """The explicit `--dtype`, else the one device/dtype rule (`models.devices.model_dtype`:
+    float32 on CPU unless FACESTREAM_MODEL__DTYPE is set)."""
+    from models.devices import model_dtype
+
     if args.dtype is not None:
         return args.dtype
-    return "float32" if device == "cpu" else options.dtype
+    return model_dtype(options.dtype, device, "dtype" in options.model_fields_set)
 
 
 def load_for_cli(args: argparse.Namespace) -> tuple[LoadedModel, ModelOptions, str]:

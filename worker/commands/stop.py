@@ -36,22 +36,11 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
 
 def kafka_settings_from(args: argparse.Namespace) -> KafkaSettings | None:
     """`Settings().kafka` with the command's flags applied; None (after a message) if invalid."""
-    from pydantic import ValidationError
-
     from worker.kafka_client import KafkaConfigError, client_kwargs
     from worker.logs import configure_logging
     from worker.settings import Settings
 
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        # Without the input values: a misspelt secret variable must not be echoed.
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in error.errors(include_url=False, include_input=False, include_context=False)
-        )
-        print(f"facestream: invalid FACESTREAM_* settings: {problems}", file=sys.stderr)
-        return None
+    settings = Settings()  # a SettingsError is reported by the CLI as one line, exit 2
     configure_logging(settings.log_format, settings.log_level)
     updates = {
         name: getattr(args, name)
@@ -75,25 +64,40 @@ def produce_assignment(
     from kafka.errors import KafkaError
 
     from worker.kafka_client import make_producer
+    from worker.logs import first_error, hold_logs
 
     producer = None
-    try:
-        producer = make_producer(
-            settings, client_id="facestream-cli", max_block_ms=int(timeout_s * 1000)
-        )
-        future = producer.send(settings.topic, key=stream_id.encode("utf-8"), value=value)
-        metadata = future.get(timeout=timeout_s)
-    except KafkaError as error:
-        print(
-            f"facestream: could not write to Kafka at {settings.bootstrap_servers} "
-            f"(topic {settings.topic}): {error!r}",
-            file=sys.stderr,
-        )
-        return None
-    finally:
-        if producer is not None:
-            producer.close(timeout=5)
+    # kafka-python logs every failed attempt; the one line below says what happened.
+    with hold_logs("kafka") as held:
+        try:
+            producer = make_producer(
+                settings, client_id="facestream-cli", max_block_ms=int(timeout_s * 1000)
+            )
+            future = producer.send(settings.topic, key=stream_id.encode("utf-8"), value=value)
+            metadata = future.get(timeout=timeout_s)
+        except KafkaError as error:
+            print(kafka_failure_line(settings, error, first_error(held)), file=sys.stderr)
+            return None
+        finally:
+            if producer is not None:
+                producer.close(timeout=5)
     return {"topic": metadata.topic, "partition": metadata.partition, "offset": metadata.offset}
+
+
+def kafka_failure_line(settings: KafkaSettings, error: Exception, cause: str | None) -> str:
+    """One line: where the write failed, why, the first broker error, and what to check."""
+    message = str(error)  # kafka errors start with their class name, others do not
+    if not message.startswith(type(error).__name__):
+        message = f"{type(error).__name__}: {message}"
+    line = (
+        f"facestream: could not write to Kafka at {settings.bootstrap_servers} "
+        f"(topic {settings.topic}): {message}"
+    )
+    if cause:
+        line += f" (first broker error: {cause})"
+    if cause is None and "metadata" in message.lower():  # brokers answer: topic missing?
+        line += f"; does the topic {settings.topic} exist? (set --topic or FACESTREAM_KAFKA__TOPIC)"
+    return " ".join(line.split())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--allow-file",
         action="store_true",
-        help="Accept file: URLs / local paths (the workers must allow them too).",
+        help="Accept file: URLs / local paths (the workers must allow them too; on by "
+        "default where FACESTREAM_SOURCE__ALLOW_FILE=true).",
     )
     add_kafka_arguments(parser)
     parser.set_defaults(func=run)
@@ -44,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from ingest.urls import UnsupportedURLError, check_source_url
+    from worker.settings import Settings
     from worker.specs import StreamSpec
+
+    # The same setting the workers read: where they allow files, submit does too.
+    allow_file = args.allow_file or Settings().source.allow_file
 
     labels: dict[str, str] = {}
     for item in args.label:
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             labels=labels,
             **overrides,
         )
-        check_source_url(spec.url, allow_file=args.allow_file)
+        check_source_url(spec.url, allow_file=allow_file)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
@@ -75,7 +80,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"facestream submit: invalid stream spec: {problems}", file=sys.stderr)
         return 2
     except UnsupportedURLError as error:
-        print(f"facestream submit: {error}", file=sys.stderr)
+        hint = (
+            ""
+            if allow_file
+            else " (for a file the workers can read: --allow-file, with "
+            "FACESTREAM_SOURCE__ALLOW_FILE=true on the workers)"
+        )
+        print(f"facestream submit: {error}{hint}", file=sys.stderr)
         return 2
     settings = kafka_settings_from(args)
     if settings is None:

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--from-start", action="store_true", help="begin with the oldest event still kept"
     )
     parser.add_argument("--count", type=int, metavar="N", help="exit after N events")
+    parser.add_argument(
+        "--stream", metavar="ID", help="only events of this stream (others are skipped)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
             for _stream, entries in replies or ():
                 for entry_id, fields in entries:
                     last_id = entry_id
+                    if args.stream is not None and fields.get("stream_id") != args.stream:
+                        continue
                     print(fields["event"] if args.json else format_event_line(fields), flush=True)
                     printed += 1
                     if args.count is not None and printed >= args.count:

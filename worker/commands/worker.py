@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+EXIT_SETUP = 2
+"""Exit status when the settings, weights or model cannot work (nothing was started)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `worker` sub-command."""
     parser = sub.add_parser(
         "worker",
         help="Run the worker: Kafka assignments in, Face-LLaVA events to Redis.",
@@ -18,12 +22,39 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the setup, then run the worker until it is stopped; returns the exit status.
+
+    Before anything connects: the settings (a bad one is one plain line from the CLI),
+    the model's source (folder format, or the hub repo in the cache / the hub reachable)
+    and the detector (loaded here: small and fast). A mistake in those is one JSON log
+    line and exit 2; the long model load itself happens in the worker, with `/healthz` up.
+    """
+    import structlog
+
+    from models.devices import DeviceUnavailableError
+    from models.facellava.checkpoint import CheckpointError, check_model_source
+    from models.retinaface import CheckpointError as DetectorWeightsError
+    from models.retinaface import RetinaFaceDetector
+    from models.weights import WeightsError
     from worker.logs import configure_logging
-    from worker.service import Worker
     from worker.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    worker = Worker(settings)
+    log = structlog.get_logger("facestream.worker")
+    try:
+        check_model_source(settings.model)
+    except (CheckpointError, DeviceUnavailableError) as exc:
+        log.error("cannot start: model", error=" ".join(str(exc).split()))
+        return EXIT_SETUP
+
+    try:
+        detector = RetinaFaceDetector.from_options(settings.detector)
+    except (WeightsError, DetectorWeightsError, DeviceUnavailableError) as exc:
+        log.error("cannot start: detector weights", error=" ".join(str(exc).split()))
+        return EXIT_SETUP
+    from worker.service import Worker
+
+    worker = Worker(settings, detector_factory=lambda: detector)
     worker.install_signal_handlers()
     return worker.run()
