@@ -188,8 +188,12 @@ function renderStreams(f, peopleByStream) {
     const reason = s.error || s.reason || s.degraded_reason || "";
     if (reason) stateCell.appendChild(el("div", "reason", reason));
     tr.appendChild(stateCell);
-    const fps = num(s.detection_fps) ?? num(s.fps);
-    tr.appendChild(el("td", "num", fps === null ? "—" : fps.toFixed(1)));
+    // `fps` is the decoded rate; newer workers add `detection_fps` (the rate detected).
+    const detected = num(s.detection_fps), decoded = num(s.fps);
+    const rates = [];
+    if (detected !== null) rates.push(`${detected.toFixed(1)} detected`);
+    if (decoded !== null) rates.push(`${decoded.toFixed(1)} decoded`);
+    tr.appendChild(el("td", "num", rates.length ? rates.join(" · ") : "—"));
     const lastFrame = num(s.last_frame_wall_s);
     tr.appendChild(el("td", "num", lastFrame === null ? "—" : ago(t - lastFrame)));
     tr.appendChild(el("td", "mono", s.worker_id || "—"));
