@@ -182,7 +182,9 @@ def test_page_reconnects_after_the_dashboard_restarts_and_resumes_the_feed(
     with EventPublisher(settings) as publisher:
         try:
             browser.call("goto", url=f"http://127.0.0.1:{port}/")
-            browser.wait_for("return document.getElementById('connection').dataset.state === 'live';", 20)
+            browser.wait_for(
+                "return document.getElementById('connection').dataset.state === 'live';", 20
+            )
             for n in range(5):
                 publisher.publish(event(n))
             browser.wait_for("return document.querySelectorAll('#feed li').length === 5;", 10)

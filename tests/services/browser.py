@@ -11,6 +11,7 @@ or the npm package cannot be had.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -108,10 +109,8 @@ class Browser:
     def close(self) -> None:
         """Close the browser and the driver."""
         if self._process.poll() is None:
-            try:
+            with contextlib.suppress(BrowserError):
                 self.call("close")
-            except BrowserError:
-                pass
             try:
                 self._process.wait(15)
             except subprocess.TimeoutExpired:
