@@ -52,18 +52,19 @@ def track_colour_bgr(track_id: int) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class TrackLabel:
-    """What is known about one track at one moment: its newest emotion and age."""
+    """What is known about one track at one moment: its newest emotion and age, as text
+    (`?` when the model answered but the answer could not be parsed)."""
 
     emotion: str | None = None
-    age_years: float | None = None
+    age: str | None = None
 
     def text(self) -> str:
         """`happy, 34 y` (only the parts that are known)."""
         parts = []
         if self.emotion:
-            parts.append(self.emotion)
-        if self.age_years is not None:
-            parts.append(f"{self.age_years:.0f} y")
+            parts.append(self.emotion if self.emotion != "?" else "emotion ?")
+        if self.age:
+            parts.append(self.age if self.age != "?" else "age ?")
         return ", ".join(parts)
 
 
@@ -72,45 +73,43 @@ class TrackAnswers:
     the answer of its newest window that started by then. Pruned as frames are drawn."""
 
     def __init__(self) -> None:
-        self._answers: dict[tuple[int, str], list[tuple[float, str | float]]] = {}
+        self._answers: dict[tuple[int, str], list[tuple[float, str]]] = {}
 
     def add(self, event: FaceEvent) -> None:
-        """Keep an event's emotion label or age (other tasks and unparsed answers are not drawn)."""
+        """Keep an event's emotion label or age (`?` if unparsed); other tasks are not drawn."""
+        task = str(event.task)
+        if task not in ("emotion", "age"):
+            return
         result = event.result
         if result is None:
-            return
-        value: str | float
-        if result.kind == "emotion":
-            value = result.label
+            text = "?"
+        elif result.kind == "emotion":
+            text = result.label
         elif result.kind == "age":
-            value = result.years
+            text = f"{result.years:.0f} y"
         else:
             return
-        entries = self._answers.setdefault((event.track_id, result.kind), [])
-        entries.append((event.window_start_s, value))
+        entries = self._answers.setdefault((event.track_id, task), [])
+        entries.append((event.window_start_s, text))
         entries.sort(key=lambda entry: entry[0])
 
     def label_at(self, track_id: int, pts_s: float) -> TrackLabel:
         """The track's label at `pts_s`; drops answers that later frames can no longer use."""
-        found: dict[str, str | float] = {}
-        for kind in ("emotion", "age"):
-            entries = self._answers.get((track_id, kind))
+        found: dict[str, str] = {}
+        for task in ("emotion", "age"):
+            entries = self._answers.get((track_id, task))
             if not entries:
                 continue
             while len(entries) > 1 and entries[1][0] <= pts_s:
                 entries.pop(0)  # frames come in order: an older answer is never needed again
             if entries[0][0] <= pts_s:
-                found[kind] = entries[0][1]
-        emotion, age = found.get("emotion"), found.get("age")
-        return TrackLabel(
-            emotion=str(emotion) if emotion is not None else None,
-            age_years=float(age) if age is not None else None,
-        )
+                found[task] = entries[0][1]
+        return TrackLabel(emotion=found.get("emotion"), age=found.get("age"))
 
     def forget(self, track_id: int) -> None:
         """Drop an ended track's answers."""
-        for kind in ("emotion", "age"):
-            self._answers.pop((track_id, kind), None)
+        for task in ("emotion", "age"):
+            self._answers.pop((track_id, task), None)
 
 
 def _put_label(
