@@ -180,11 +180,18 @@ class DashboardHub:
             threading.Thread(target=self._guard, args=(self._poll_loop,), name="dashboard-poll"),
         ]
         self.failure: BaseException | None = None
+        self._cursor: EntryId | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> DashboardHub:
-        """Start the live and poll threads."""
+        """Fix the live cursor (the stream's newest entry now), then start both threads.
+        Pages can only register after this returns, so every event after that cursor
+        reaches them live (earlier ones come by replay)."""
+        try:
+            self._cursor = self._newest_entry()
+        except redis.RedisError:
+            self._cursor = None  # Redis is down: the live thread fixes it once Redis answers
         for thread in self._threads:
             thread.start()
         return self
@@ -305,8 +312,12 @@ class DashboardHub:
             log.exception("dashboard.thread_died", thread=threading.current_thread().name)
             self.failure = exc
 
+    def _newest_entry(self) -> EntryId:
+        last = self._client.xrevrange(self.keys.events, "+", "-", count=1)
+        return EntryId.parse(last[0][0]) if last else EntryId(0, 0)
+
     def _live_loop(self) -> None:
-        cursor: EntryId | None = None
+        cursor = self._cursor
         pubsub = None
         delay_s = 0.2
         while not self._stop.is_set():
@@ -315,8 +326,7 @@ class DashboardHub:
                     pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.keys.live)
                 if cursor is None:
-                    last = self._client.xrevrange(self.keys.events, "+", "-", count=1)
-                    cursor = EntryId.parse(last[0][0]) if last else EntryId(0, 0)
+                    cursor = self._newest_entry()
                 # Wake on an announcement, or after a second anyway (lost announcements).
                 if pubsub.get_message(timeout=1.0) is not None:
                     while pubsub.get_message(timeout=0) is not None:
