@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(redis-server python3-gi gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  gstreamer1.0-plugins-ugly)
+  gstreamer1.0-plugins-ugly chromium)
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -31,6 +31,9 @@ fi
 # Pin the CPU build: any other torch spec pulls a multi-GB CUDA build.
 .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[dev]"
+
+# playwright-core (drives Debian's chromium in the browser tests) into .cache/, once.
+.venv/bin/python -m tests.services.browser >/dev/null
 
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q -ra "$@"

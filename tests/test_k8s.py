@@ -131,7 +131,8 @@ def test_servicemonitor_scrapes_metrics_on_the_worker_port(
     assert container_ports[port["targetPort"]] == int(
         config_data(manifests)["FACESTREAM_HTTP__PORT"]
     )
-    pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    deployment = one(manifests, "Deployment", "facestream-worker")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
@@ -153,7 +154,7 @@ def test_autoscaler_uses_worker_load_metrics_within_partition_count(
     }  # fmt: skip
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
     # KEDA owns the replica count; a fixed one would be reset on every apply.
-    assert "replicas" not in one(manifests, "Deployment")["spec"]
+    assert "replicas" not in one(manifests, "Deployment", "facestream-worker")["spec"]
     job = one(manifests, "Job", "facestream-kafka-topics")
     job_env = {e["name"]: e.get("value") for c in pod_containers(job) for e in c.get("env", [])}
     assert spec["maxReplicaCount"] <= int(job_env["TOPIC_PARTITIONS"])
@@ -250,25 +251,25 @@ def test_termination_grace_covers_the_worker_grace(overlay: tuple[str, list[Mani
     grace_s = float(
         config_data(manifests).get("FACESTREAM_GRACE_S", Settings.model_fields["grace_s"].default)
     )
-    pod = pod_spec(one(manifests, "Deployment"))
+    pod = pod_spec(one(manifests, "Deployment", "facestream-worker"))
     assert pod["terminationGracePeriodSeconds"] >= grace_s + 10
 
 
 def test_pod_is_locked_down(overlay: tuple[str, list[Manifest]]) -> None:
     _, manifests = overlay
-    pod = pod_spec(one(manifests, "Deployment"))
+    pod = pod_spec(one(manifests, "Deployment", "facestream-worker"))
     # Service links would add FACESTREAM_* variables that are not settings.
     assert pod["enableServiceLinks"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["serviceAccountName"] == one(manifests, "ServiceAccount")["metadata"]["name"]
-    for container in pod_containers(one(manifests, "Deployment")):
+    for container in pod_containers(one(manifests, "Deployment", "facestream-worker")):
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert "memory" in container["resources"]["limits"]
 
 
 def test_prod_worker_gets_one_gpu_on_gpu_nodes() -> None:
     manifests = build(REPO / "k8s" / "overlays" / "prod")
-    pod = pod_spec(one(manifests, "Deployment"))
+    pod = pod_spec(one(manifests, "Deployment", "facestream-worker"))
     resources = worker(manifests)["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == 1
     assert resources["requests"]["nvidia.com/gpu"] == 1
@@ -281,7 +282,7 @@ def test_prod_worker_gets_one_gpu_on_gpu_nodes() -> None:
 
 def test_dev_worker_runs_on_cpu_with_the_tiny_model() -> None:
     manifests = build(REPO / "k8s" / "overlays" / "dev")
-    pod = pod_spec(one(manifests, "Deployment"))
+    pod = pod_spec(one(manifests, "Deployment", "facestream-worker"))
     assert "nvidia.com/gpu" not in json.dumps(pod)
     data = config_data(manifests)
     assert data["FACESTREAM_MODEL__DEVICE"] == "cpu"
@@ -291,7 +292,8 @@ def test_dev_worker_runs_on_cpu_with_the_tiny_model() -> None:
 def test_pdb_selects_the_worker_pods(overlay: tuple[str, list[Manifest]]) -> None:
     _, manifests = overlay
     pdb = one(manifests, "PodDisruptionBudget")
-    pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    deployment = one(manifests, "Deployment", "facestream-worker")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
 
@@ -344,7 +346,7 @@ def test_weights_are_fetched_into_the_shared_volume_by_an_init_container(
     overlay: tuple[str, list[Manifest]],
 ) -> None:
     _, manifests = overlay
-    pod = pod_spec(one(manifests, "Deployment"))
+    pod = pod_spec(one(manifests, "Deployment", "facestream-worker"))
     (init,) = pod["initContainers"]
     assert init["command"][-1] == "/opt/facestream/fetch_weights.py"
     volumes = {v["name"]: v for v in pod["volumes"]}

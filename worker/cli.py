@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "stop",
     "status",
     "tail",
+    "dashboard",
 )
 
 USER_ERRORS = (

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.sources import SourceOptions
@@ -104,6 +104,31 @@ class HttpSettings(BaseModel):
     port: int = Field(8080, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics.")
 
 
+class DashboardSettings(BaseModel):
+    """`facestream dashboard`: the read-only live web page over Redis."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(
+        "127.0.0.1", description="Bind address; a non-loopback address needs a token."
+    )
+    port: int = Field(8090, ge=0, le=65535, description="Port of the dashboard page.")
+    token: SecretStr | None = Field(
+        None, description="Access token (from a Secret); required to bind beyond loopback."
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="How often the one reader polls stream and person hashes."
+    )
+    client_buffer_bytes: int = Field(
+        1_048_576, ge=4096, description="Unsent bytes per page; a slower page is cut off."
+    )
+    max_clients: int = Field(200, ge=1, description="Most live pages at once; more get 503.")
+    history_events: int = Field(
+        300, ge=0, le=10000, description="Recent events a newly opened page starts with."
+    )
+    timeline_s: int = Field(300, ge=10, description="Span of the per-person emotion timeline.")
+
+
 class Settings(BaseSettings):
     """Every knob of a facestream worker, with its default."""
 
@@ -124,6 +149,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     def __init__(self, **values: Any) -> None:
         """Read the environment; raise `SettingsError` (one line) on any unknown or bad value."""

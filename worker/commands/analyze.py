@@ -11,12 +11,15 @@ tracks them, and cuts per-track clip windows. Writes JSON lines (stdout, or `--o
 - one `{"type": "summary", ...}` with frame and window counters at the end.
 
 `--save-clips DIR` also writes each window as an mp4 of its 8 crops and a png of its best
-crop, plus `overview.mp4` and `contact_sheet.png` with boxes and track ids drawn.
+crop, plus `overview.mp4` and `contact_sheet.png`: every detector box (confirmed tracks
+with their id and, with `--model`, their newest emotion and age beside the box), stream
+time on every frame, and a legend.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
@@ -202,7 +205,13 @@ def analyze(
         return 2
     sample_fps = settings.source.sample_fps
     pipeline = StreamPipeline(stream_id, sample_fps, settings.tracker, settings.windows)
-    overview = OverviewWriter(save_clips, sample_fps) if save_clips is not None else None
+    overview = (
+        OverviewWriter(save_clips, sample_fps, lag_s=settings.windows.window_s)
+        if save_clips is not None
+        else None
+    )
+    # The overview draws every box the detector found, not only confirmed tracks.
+    seen = _RecordingDetector(detector) if overview is not None else None
     duration_s = _file_duration_s(source_url)
     bar = tqdm(
         total=None if duration_s is None else round(duration_s, 1),
@@ -220,13 +229,13 @@ def analyze(
 
     try:
         for step in run_stream(
-            itertools.chain(first, source_frames), detector, pipeline, DETECT_BATCH_FRAMES
+            itertools.chain(first, source_frames), seen or detector, pipeline, DETECT_BATCH_FRAMES
         ):
             if step.frame is not None:
                 frames += 1
                 bar.update(max(round(step.frame.pts_s, 1) - bar.n, 0))
-                if overview is not None:
-                    overview.add(step.frame, step.faces)
+                if overview is not None and seen is not None:
+                    overview.add(step.frame, step.faces, seen.next_detections())
             for requests in step.windows:
                 record = window_record(requests)
                 if save_clips is not None:
@@ -236,6 +245,8 @@ def analyze(
                 if handler is not None:
                     for extra in handler(requests):
                         write(extra)
+                        if overview is not None and extra.get("type") == "event":
+                            overview.answers.add(_event_of(extra))
             for track in step.ended_tracks:
                 write(track_record(stream_id, track))
             out.flush()
@@ -265,6 +276,29 @@ def analyze(
         }
     )
     return 0
+
+
+class _RecordingDetector:
+    """Passes detection through and keeps each frame's detections, in order, until taken."""
+
+    def __init__(self, detector: Any) -> None:
+        self._detector = detector
+        self._pending: collections.deque = collections.deque()
+
+    def detect(self, images_bgr: list) -> list:
+        detections = self._detector.detect(images_bgr)
+        self._pending.extend(detections)
+        return detections
+
+    def next_detections(self) -> Any:
+        """The detections of the next frame the pipeline yielded (same order as detected)."""
+        return self._pending.popleft() if self._pending else None
+
+
+def _event_of(record: dict[str, Any]) -> Any:
+    from worker.events import FaceEvent
+
+    return FaceEvent.model_validate({k: v for k, v in record.items() if k != "type"})
 
 
 def window_record(requests: WindowRequests) -> dict[str, Any]:

@@ -1,14 +1,15 @@
-"""`facestream bench ingest|model`: benchmarks that print their figures."""
+"""`facestream bench ingest|model|dashboard`: benchmarks that print their figures."""
 
 from __future__ import annotations
 
 import argparse
 
-from worker.commands import bench_ingest, bench_model
+from worker.commands import bench_dashboard, bench_ingest, bench_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("bench", help="Benchmarks (ingest pipeline, Face-LLaVA model).")
+    parser = sub.add_parser("bench", help="Benchmarks (ingest, Face-LLaVA model, dashboard).")
     which = parser.add_subparsers(dest="bench", required=True, metavar="WHAT")
     bench_ingest.register(which)
     bench_model.register(which)
+    bench_dashboard.register(which)

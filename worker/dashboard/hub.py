@@ -1,0 +1,544 @@
+"""The dashboard's one reader of Redis and its fan-out to the open pages.
+
+However many pages are open, one `DashboardHub` talks to Redis:
+
+- the *live* thread subscribes to the `{p}:live` channel; each announcement (or one
+  second of silence, which covers announcements lost while pub/sub reconnected) wakes
+  it to read the new entries of the `{p}:events` stream after its cursor. So every
+  event reaches the pages with its stream entry id, which is what lets a page that
+  reconnects resume exactly where it stopped (`Last-Event-ID`);
+- the *poll* thread reads every stream status hash and the person hashes it knows of
+  (from events, and one SCAN at start) once per `poll_interval_s`, in pipelines, and
+  sends the pages only what changed.
+
+Each page is a `Subscriber` with a queue bounded in bytes. Policy `disconnect-slow`: a
+page whose queue would exceed `client_buffer_bytes` is cut off; its browser reconnects
+by itself with `Last-Event-ID` and replays the missed events from the Redis stream, so a
+slow page loses time, not events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+
+from ingest.urls import redact_url
+from worker.redis_keys import RedisKeys
+from worker.settings import DashboardSettings, RedisSettings
+
+log = structlog.get_logger(__name__)
+
+# An entry whose event JSON is larger than this is not sent (FaceEvents are < 2 KiB;
+# a foreign writer's giant entry must not cut off every page).
+MAX_EVENT_BYTES = 65536
+# Entries read from the events stream per round trip.
+READ_PAGE_EVENTS = 500
+# A page that was away longer than this many events gets the newest ones and a `gap` notice.
+REPLAY_MAX_EVENTS = 10000
+# Person keys the hub follows at most (each costs one HGETALL + PTTL per poll).
+MAX_PEOPLE = 20000
+# A person's expiry is re-sent only when it moved by more than this (polls jitter by ms).
+EXPIRY_TOLERANCE_S = 0.75
+
+
+@dataclass(frozen=True, order=True)
+class EntryId:
+    """A Redis stream entry id `ms-seq`, ordered as Redis orders them."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text: str) -> EntryId:
+        """Parse `123-4` (or `123`, meaning `123-0`); ValueError if it is not an entry id."""
+        ms_text, _, seq_text = text.strip().partition("-")
+        ms, seq = int(ms_text), int(seq_text or "0")
+        if ms < 0 or seq < 0:
+            raise ValueError(f"not a stream entry id: {text!r}")
+        return cls(ms, seq)
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    """One entry of the events stream as the pages get it: its id and the event JSON."""
+
+    entry_id: EntryId
+    event_json: str
+    stream_id: str
+    track_id: int | None
+    task: str
+
+
+def sse_message(kind: str, data: str, entry_id: EntryId | None = None) -> bytes:
+    """One server-sent-events message; every line of `data` becomes a `data:` line."""
+    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    head = f"id: {entry_id}\n" if entry_id is not None else ""
+    body = "".join(f"data: {line}\n" for line in lines)
+    return f"{head}event: {kind}\n{body}\n".encode()
+
+
+class Subscriber:
+    """One open page: a queue of encoded SSE messages bounded in bytes (`disconnect-slow`)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[EntryId | None, bytes]] = deque()
+        self._bytes = 0
+        self.closed_reason = ""
+
+    def offer(self, entry_id: EntryId | None, message: bytes) -> bool:
+        """Queue a message; False (and the subscriber is closed) when it would overflow."""
+        with self._cond:
+            if self.closed_reason:
+                return False
+            if self._bytes + len(message) > self._max_bytes:
+                self._close_locked("slow: more than client_buffer_bytes unsent")
+                return False
+            self._queue.append((entry_id, message))
+            self._bytes += len(message)
+            self._cond.notify_all()
+            return True
+
+    def take(self, timeout_s: float) -> list[tuple[EntryId | None, bytes]]:
+        """Everything queued (waits up to `timeout_s` for something); empty once closed."""
+        with self._cond:
+            if not self._queue and not self.closed_reason:
+                self._cond.wait(timeout_s)
+            items = list(self._queue)
+            self._queue.clear()
+            self._bytes = 0
+            return items
+
+    def close(self, reason: str) -> None:
+        """Close it; a waiting `take` returns at once."""
+        with self._cond:
+            self._close_locked(reason)
+
+    def _close_locked(self, reason: str) -> None:
+        if not self.closed_reason:
+            self.closed_reason = reason
+        self._queue.clear()
+        self._bytes = 0
+        self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class HubStats:
+    """Counters since start (for `/healthz`, the benchmark and tests)."""
+
+    events_read: int
+    events_skipped: int
+    subscribers: int
+    subscribers_cut_off: int
+    redis_up: bool | None
+
+
+class DashboardHub:
+    """Reads Redis once for all pages and fans the changes out; owns two threads."""
+
+    def __init__(
+        self,
+        redis_settings: RedisSettings,
+        settings: DashboardSettings,
+        *,
+        socket_timeout_s: float = 5.0,
+    ) -> None:
+        self.keys = RedisKeys(redis_settings.prefix)
+        self.settings = settings
+        self.person_ttl_s = redis_settings.person_ttl_s
+        self._url = redis_settings.url
+        self._client = redis.Redis.from_url(
+            redis_settings.url,
+            decode_responses=True,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+        )
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # subscribers and the snapshot below
+        self._subscribers: set[Subscriber] = set()
+        self._streams: dict[str, dict[str, str]] = {}
+        self._people: dict[str, dict[str, Any]] = {}  # person key -> view
+        self._known_people: dict[str, float] = {}  # person key -> first seen (unix s)
+        self._redis_up: bool | None = None
+        self._events_read = 0
+        self._events_skipped = 0
+        self._cut_off = 0
+        self._threads = [
+            threading.Thread(target=self._guard, args=(self._live_loop,), name="dashboard-live"),
+            threading.Thread(target=self._guard, args=(self._poll_loop,), name="dashboard-poll"),
+        ]
+        self.failure: BaseException | None = None
+        self._cursor: EntryId | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> DashboardHub:
+        """Fix the live cursor (the stream's newest entry now), then start both threads.
+        Pages can only register after this returns, so every event after that cursor
+        reaches them live (earlier ones come by replay)."""
+        try:
+            self._cursor = self._newest_entry()
+        except redis.RedisError:
+            self._cursor = None  # Redis is down: the live thread fixes it once Redis answers
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop both threads, close every subscriber, close the connection."""
+        self._stop.set()
+        with self._lock:
+            subscribers = list(self._subscribers)
+            self._subscribers.clear()
+        for sub in subscribers:
+            sub.close("dashboard stopping")
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(timeout_s)
+        self._client.close()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called."""
+        return self._stop.is_set()
+
+    def is_alive(self) -> bool:
+        """True while both threads run."""
+        return all(thread.is_alive() for thread in self._threads)
+
+    def stats(self) -> HubStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return HubStats(
+                events_read=self._events_read,
+                events_skipped=self._events_skipped,
+                subscribers=len(self._subscribers),
+                subscribers_cut_off=self._cut_off,
+                redis_up=self._redis_up,
+            )
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def subscribe(self) -> tuple[Subscriber, bytes] | None:
+        """Register a page: its subscriber and the current state as one SSE message
+        (taken atomically with the registration, so no later change is missed); None when
+        `max_clients` pages are open."""
+        sub = Subscriber(self.settings.client_buffer_bytes)
+        with self._lock:
+            if len(self._subscribers) >= self.settings.max_clients:
+                return None
+            self._subscribers.add(sub)
+            state = sse_message("state", json.dumps(self._state_locked()))
+        return sub, state
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget a page (it closed, or was cut off)."""
+        with self._lock:
+            self._subscribers.discard(sub)
+
+    def state(self) -> dict[str, Any]:
+        """The streams, the people in view and the hub's health, as the page starts with."""
+        with self._lock:
+            return self._state_locked()
+
+    def _state_locked(self) -> dict[str, Any]:
+        return {
+            "streams": dict(self._streams),
+            "people": dict(self._people),
+            "redis_up": self._redis_up,
+            "person_ttl_s": self.person_ttl_s,
+            "timeline_s": self.settings.timeline_s,
+            "server_time_s": time.time(),
+        }
+
+    def replay(self, since: EntryId | None) -> tuple[list[FeedEvent], str | None]:
+        """Events a page needs before the live feed, oldest first: those after `since`
+        (exclusive), or for a new page the newest `history_events` of the last
+        `timeline_s`. The second value says why some are missing (None: nothing is)."""
+        if since is None:
+            if self.settings.history_events == 0:
+                return [], None
+            oldest = EntryId(int((time.time() - self.settings.timeline_s) * 1000), 0)
+            raw = self._client.xrevrange(
+                self.keys.events, "+", str(oldest), count=self.settings.history_events
+            )
+            return self._feed(list(reversed(raw))), None
+        events: list[FeedEvent] = []
+        cursor = f"({since}"
+        while True:
+            raw = self._client.xrange(self.keys.events, cursor, "+", count=READ_PAGE_EVENTS)
+            events.extend(self._feed(raw))
+            if len(events) > REPLAY_MAX_EVENTS:
+                # Away too long: the newest REPLAY_MAX_EVENTS are enough for a page.
+                raw = self._client.xrevrange(self.keys.events, "+", "-", count=REPLAY_MAX_EVENTS)
+                newest = self._feed(list(reversed(raw)))
+                return newest, f"more than {REPLAY_MAX_EVENTS} events missed; older ones skipped"
+            if len(raw) < READ_PAGE_EVENTS:
+                break
+            cursor = f"({raw[-1][0]}"
+        return events, self._trimmed_after(since)
+
+    def _trimmed_after(self, since: EntryId) -> str | None:
+        """Why entries after `since` are missing (the stream's MAXLEN trimmed them), or None."""
+        if since == EntryId(0, 0):
+            return None
+        first = self._client.xrange(self.keys.events, "-", "+", count=1)
+        if not first or EntryId.parse(first[0][0]) <= since:
+            return None
+        # Redis >= 7 reports the largest id it ever deleted: a gap only if it is past `since`.
+        max_deleted = self._client.xinfo_stream(self.keys.events).get("max-deleted-entry-id")
+        if max_deleted is not None and EntryId.parse(max_deleted) <= since:
+            return None
+        return "the events stream was trimmed (MAXLEN) past the last event this page had"
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _guard(self, loop: Any) -> None:
+        try:
+            loop()
+        except BaseException as exc:  # reported on /healthz; the page says Redis is lost
+            log.exception("dashboard.thread_died", thread=threading.current_thread().name)
+            self.failure = exc
+
+    def _newest_entry(self) -> EntryId:
+        last = self._client.xrevrange(self.keys.events, "+", "-", count=1)
+        return EntryId.parse(last[0][0]) if last else EntryId(0, 0)
+
+    def _live_loop(self) -> None:
+        cursor = self._cursor
+        pubsub = None
+        delay_s = 0.2
+        while not self._stop.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.keys.live)
+                if cursor is None:
+                    cursor = self._newest_entry()
+                # Wake on an announcement, or after a second anyway (lost announcements).
+                if pubsub.get_message(timeout=1.0) is not None:
+                    while pubsub.get_message(timeout=0) is not None:
+                        pass  # one read below covers every announcement so far
+                cursor = self._read_after(cursor)
+                self._set_redis_up(True)
+                delay_s = 0.2
+            except redis.RedisError as exc:
+                self._set_redis_up(False, exc)
+                if pubsub is not None:
+                    with contextlib.suppress(redis.RedisError):
+                        pubsub.close()
+                pubsub = None
+                self._stop.wait(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+        if pubsub is not None:
+            pubsub.close()
+
+    def _read_after(self, cursor: EntryId) -> EntryId:
+        while not self._stop.is_set():
+            raw = self._client.xrange(self.keys.events, f"({cursor}", "+", count=READ_PAGE_EVENTS)
+            if not raw:
+                return cursor
+            events = self._feed(raw)
+            cursor = EntryId.parse(raw[-1][0])
+            self._broadcast_events(events)
+            if len(raw) < READ_PAGE_EVENTS:
+                return cursor
+        return cursor
+
+    def _feed(self, raw: Any) -> list[FeedEvent]:
+        events = []
+        skipped = 0
+        for entry_id, fields in raw:
+            event_json = fields.get("event", "")
+            if not event_json or len(event_json) > MAX_EVENT_BYTES:
+                skipped += 1
+                continue
+            track = fields.get("track_id", "")
+            events.append(
+                FeedEvent(
+                    entry_id=EntryId.parse(entry_id),
+                    event_json=event_json,
+                    stream_id=fields.get("stream_id", ""),
+                    track_id=int(track) if track.lstrip("-").isdigit() else None,
+                    task=fields.get("task", ""),
+                )
+            )
+        if skipped:
+            with self._lock:
+                self._events_skipped += skipped
+        return events
+
+    def _broadcast_events(self, events: list[FeedEvent]) -> None:
+        now_s = time.time()
+        messages = [(e.entry_id, sse_message("face", e.event_json, e.entry_id)) for e in events]
+        with self._lock:
+            self._events_read += len(events)
+            for event in events:
+                if event.track_id is not None and event.stream_id:
+                    key = self.keys.person(event.stream_id, event.track_id)
+                    if key not in self._known_people and len(self._known_people) < MAX_PEOPLE:
+                        self._known_people[key] = now_s
+            self._fan_out_locked(messages)
+
+    def _fan_out_locked(self, messages: list[tuple[EntryId | None, bytes]]) -> None:
+        cut = []
+        for sub in self._subscribers:
+            for entry_id, message in messages:
+                if not sub.offer(entry_id, message):
+                    cut.append(sub)
+                    break
+        for sub in cut:
+            self._subscribers.discard(sub)
+        self._cut_off += len(cut)
+
+    def _poll_loop(self) -> None:
+        scanned = False
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                if not scanned:
+                    self._scan_people()
+                    scanned = True
+                self._poll_once()
+                self._set_redis_up(True)
+            except redis.RedisError as exc:
+                self._set_redis_up(False, exc)
+            self._stop.wait(max(0.0, self.settings.poll_interval_s - (time.monotonic() - started)))
+
+    def _scan_people(self) -> None:
+        """People already in view when the dashboard starts (once; later ones come by events)."""
+        now_s = time.time()
+        pattern = self.keys.person("*", 0)[: -len(":*:0")] + ":*"
+        found = {}
+        for key in self._client.scan_iter(match=pattern, count=1000):
+            found[key] = now_s
+            if len(found) >= MAX_PEOPLE:
+                break
+        with self._lock:
+            for key, seen_s in found.items():
+                self._known_people.setdefault(key, seen_s)
+
+    def _poll_once(self) -> None:
+        stream_ids = sorted(self._client.smembers(self.keys.streams))
+        with self._lock:
+            person_keys = list(self._known_people)
+        pipe = self._client.pipeline(transaction=False)
+        for stream_id in stream_ids:
+            pipe.hgetall(self.keys.stream(stream_id))
+        for key in person_keys:
+            pipe.hgetall(key)
+            pipe.pttl(key)
+        results = pipe.execute()
+        now_s = time.time()
+        streams = {
+            stream_id: _stream_view(fields)
+            for stream_id, fields in zip(stream_ids, results[: len(stream_ids)], strict=True)
+            if fields
+        }
+        people_raw = results[len(stream_ids) :]
+        people: dict[str, dict[str, Any]] = {}
+        gone_keys = []
+        for i, key in enumerate(person_keys):
+            fields, pttl_ms = people_raw[2 * i], people_raw[2 * i + 1]
+            if not fields or pttl_ms == -2:
+                gone_keys.append(key)
+                continue
+            expires_s = now_s + pttl_ms / 1000 if pttl_ms >= 0 else None
+            people[key] = _person_view(fields, expires_s, self._known_people.get(key, now_s))
+        with self._lock:
+            for key in gone_keys:
+                self._known_people.pop(key, None)
+            messages = []
+            changed_streams = {k: v for k, v in streams.items() if self._streams.get(k) != v}
+            removed_streams = [k for k in self._streams if k not in streams]
+            if changed_streams or removed_streams:
+                messages.append((None, _diff_message("streams", changed_streams, removed_streams)))
+            changed_people = {
+                k: v for k, v in people.items() if _person_changed(self._people.get(k), v)
+            }
+            removed_people = [k for k in self._people if k not in people]
+            if changed_people or removed_people:
+                messages.append((None, _diff_message("people", changed_people, removed_people)))
+            self._streams = streams
+            self._people = {
+                **{k: self._people[k] for k in people if k in self._people},
+                **changed_people,
+            }
+            if messages:
+                self._fan_out_locked(messages)
+
+    def _set_redis_up(self, up: bool, exc: BaseException | None = None) -> None:
+        with self._lock:
+            was = self._redis_up
+            if was == up:
+                return
+            self._redis_up = up
+            self._fan_out_locked([(None, sse_message("hub", json.dumps({"redis_up": up})))])
+        if up:
+            log.info("dashboard.redis_connected", url=redact_url(self._url))
+        else:
+            log.warning(
+                "dashboard.redis_unreachable",
+                url=redact_url(self._url),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+
+def _stream_view(fields: dict[str, str]) -> dict[str, str]:
+    """A status hash as the page gets it: every field, as strings (newer fields included)."""
+    return dict(sorted(fields.items()))
+
+
+def _person_view(
+    fields: dict[str, str], expires_s: float | None, first_seen_s: float
+) -> dict[str, Any]:
+    """A person hash as the page gets it: the latest event per task, parsed; other fields
+    as strings. A task field that is not JSON is passed on as its text."""
+    tasks: dict[str, Any] = {}
+    other: dict[str, str] = {}
+    for name, value in fields.items():
+        if value.startswith("{"):
+            try:
+                tasks[name] = json.loads(value)
+                continue
+            except ValueError:
+                pass
+        other[name] = value
+    window_starts = [
+        t.get("frame_wall_time_s", 0) - (t.get("window_end_s", 0) - t.get("window_start_s", 0))
+        for t in tasks.values()
+        if isinstance(t, dict) and isinstance(t.get("frame_wall_time_s"), int | float)
+    ]
+    return {
+        "fields": other,
+        "tasks": tasks,
+        "expires_s": expires_s,
+        "first_seen_s": min([first_seen_s, *window_starts]),
+    }
+
+
+def _person_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    if old is None or old["fields"] != new["fields"] or old["tasks"] != new["tasks"]:
+        return True
+    if (old["expires_s"] is None) != (new["expires_s"] is None):
+        return True
+    return (
+        old["expires_s"] is not None
+        and abs(old["expires_s"] - new["expires_s"]) > EXPIRY_TOLERANCE_S
+    )
+
+
+def _diff_message(kind: str, changed: dict[str, Any], removed: list[str]) -> bytes:
+    return sse_message(kind, json.dumps({"changed": changed, "removed": removed}))
