@@ -6,7 +6,11 @@ import argparse
 import json
 import sys
 
-from worker.commands.stop import add_kafka_arguments, kafka_settings_from, produce_assignment
+from worker.commands.connections import (
+    add_kafka_arguments,
+    kafka_settings_from,
+    produce_assignment,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from ingest.urls import UnsupportedURLError, check_source_url
-    from worker.specs import StreamSpec
+    from worker.specs import StreamSpec, validation_problems
 
     labels: dict[str, str] = {}
     for item in args.label:
@@ -68,10 +72,7 @@ def run(args: argparse.Namespace) -> int:
         )
         check_source_url(spec.url, allow_file=args.allow_file)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
-            for item in error.errors(include_url=False, include_input=False, include_context=False)
-        )
+        problems = validation_problems(error)
         print(f"facestream submit: invalid stream spec: {problems}", file=sys.stderr)
         return 2
     except UnsupportedURLError as error:
