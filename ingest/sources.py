@@ -1,19 +1,22 @@
 """Video sources: URL policy, PyAV open/decode, timestamp sampling, reconnects, stalls.
 
-Use from one thread per stream::
+Pull from one consumer, blocking (one stream) or not (many streams, one thread)::
 
     source = VideoSource(url, options, stream_id="cam-1", on_state=report)
     for frame in source.frames():      # sampled `Frame`s, BGR uint8
         ...
+    # or: source.start(wake=event); then source.take() -> Frame | None, never blocks
     # from any thread: source.close()  -> frames() ends promptly
 
 - `VideoSource(...)` checks the URL at once (`UnsupportedURLError`); nothing is opened yet.
-- `frames()` starts a named reader thread (`source-<stream_id>`) that opens the URL with
-  PyAV and explicit FFmpeg options (RTSP over TCP, socket timeouts, protocol and demuxer
-  whitelists), decodes the video with threads and keeps frames at `sample_fps` by their
-  timestamps. Frames reach `frames()` through a bounded queue: a live source drops the
-  oldest frame when the consumer falls behind (counted in `stats.frames_dropped`), a file
-  waits for the consumer.
+- `frames()` (or `start()`) starts a named reader thread (`source-<stream_id>`) that
+  opens the URL with PyAV and explicit FFmpeg options (RTSP over TCP, socket timeouts,
+  protocol and demuxer whitelists), decodes the video with threads and keeps frames at
+  `sample_fps` by their timestamps. Frames reach `frames()` / `take()` through one bounded queue of
+  `queue_frames`: a live source drops the oldest frame when the consumer falls behind
+  (counted in `stats.frames_dropped`), a file waits for the consumer. `take()` returns the
+  oldest waiting frame or None; after the end `finished` is True, after a failure it raises
+  the `SourceError`; `start(wake=event)` sets `event` whenever a frame or the end arrives.
 - Files end: `frames()` returns at the end (state `done`). A missing, unreadable or
   corrupt file raises a `SourceError` from `frames()` (state `error`).
 - Live sources (rtsp/rtsps; http(s) without a known duration) never end on their own: a
@@ -40,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +52,7 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from ingest.backoff import Backoff
 from ingest.frames import Frame
 from ingest.urls import SourceURL, UnsupportedURLError, check_source_url, scrub_secrets
 
@@ -87,7 +90,10 @@ class SourceOptions(BaseModel):
     stall_timeout_s: float = Field(10.0, gt=0, description="No frame for this long = stalled.")
     realtime: bool = Field(False, description="Pace files like a live camera (wall = pts).")
     queue_frames: int = Field(
-        8, ge=1, description="Sampled frames buffered per stream; live sources drop the oldest."
+        8,
+        ge=1,
+        description="Sampled frames waiting per stream for detection; a live source drops its "
+        "oldest, a file waits.",
     )
     give_up_after_failures: int = Field(
         0, ge=0, description="Live sources: fail after this many failed opens in a row (0 = never)."
@@ -97,7 +103,7 @@ class SourceOptions(BaseModel):
         """A copy with a per-stream `sample_fps` (`StreamSpec.detection_fps`); None keeps it."""
         if sample_fps is None:
             return self
-        return self.model_copy(update={"sample_fps": float(sample_fps)})
+        return SourceOptions.model_validate({**self.model_dump(), "sample_fps": sample_fps})
 
 
 class SourceState(enum.StrEnum):
@@ -300,6 +306,11 @@ class VideoSource:
         self._stop = threading.Event()
         self._queue: queue.Queue[Frame | _End] = queue.Queue(maxsize=self.options.queue_frames)
         self._thread: threading.Thread | None = None
+        self._wake: threading.Event | None = None
+        self._finished = False
+        self._backoff = Backoff(
+            self.options.reconnect_initial_s, self.options.reconnect_max_s, jitter=0.5
+        )
         self._counts = dict.fromkeys(SourceStats.__dataclass_fields__, 0)
         self._timeline = _Timeline()
         self._sampler = _Sampler(self.options.sample_fps)
@@ -330,14 +341,45 @@ class VideoSource:
         reports no duration, e.g. live HLS.)"""
         return self._live
 
-    def frames(self) -> Iterator[Frame]:
-        """Sampled frames until the end (files), or until `close()`; raises `SourceError`."""
+    @property
+    def waiting(self) -> int:
+        """Frames waiting in the queue now (for the queue-depth metric)."""
+        return self._queue.qsize()
+
+    @property
+    def finished(self) -> bool:
+        """True once `take()` has passed the end of a finite source (every frame taken)."""
+        return self._finished
+
+    def start(self, wake: threading.Event | None = None) -> None:
+        """Start the reader thread (once); `wake` is set whenever a frame or the end arrives."""
         if self._thread is not None:
-            raise RuntimeError("VideoSource.frames() can be iterated only once")
+            raise RuntimeError("a VideoSource can be started only once")
+        self._wake = wake
         self._thread = threading.Thread(
             target=self._read_loop, name=f"source-{self.stream_id}", daemon=True
         )
         self._thread.start()
+
+    def take(self) -> Frame | None:
+        """The oldest waiting frame, or None; never blocks. Raises the `SourceError` the
+        source failed with (once every frame before it was taken)."""
+        if self._finished:
+            return None
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(item, _End):
+            self._finished = True
+            if item.error is not None:
+                raise item.error
+            return None
+        return item
+
+    def frames(self) -> Iterator[Frame]:
+        """Sampled frames until the end (files), or until `close()`; raises `SourceError`."""
+        self.start()
         try:
             while not self._stop.is_set():
                 try:
@@ -345,6 +387,7 @@ class VideoSource:
                 except queue.Empty:
                     continue
                 if isinstance(item, _End):
+                    self._finished = True
                     if item.error is not None:
                         raise item.error
                     return
@@ -396,7 +439,6 @@ class VideoSource:
 
     def _read_loop(self) -> None:
         failures = 0  # connections in a row that delivered nothing
-        attempt = 0  # backoff exponent
         try:
             while not self._stop.is_set():
                 try:
@@ -406,20 +448,19 @@ class VideoSource:
                         self._count("stalls")
                         self._set_state(SourceState.STALLED, str(lost))
                     if lost.delivered:
-                        failures = attempt = 0
+                        failures = 0
+                        self._backoff.reset()
                     else:
                         failures += 1
                         self._check_give_up(failures, SourceOpenError(f"{self.url}: {lost}"))
-                    self._reconnect_wait(str(lost), attempt)
-                    attempt += 1
+                    self._reconnect_wait(str(lost))
                     continue
                 except SourceError as exc:
                     if not self._live:
                         raise
                     failures += 1
                     self._check_give_up(failures, exc)
-                    self._reconnect_wait(str(exc), attempt)
-                    attempt += 1
+                    self._reconnect_wait(str(exc))
                     continue
                 if self._stop.is_set():
                     break
@@ -450,15 +491,14 @@ class VideoSource:
         if limit and failures >= limit:
             raise error
 
-    def _reconnect_wait(self, reason: str, attempt: int) -> None:
+    def _reconnect_wait(self, reason: str) -> None:
         """Report `reconnecting` and wait the backoff delay (interruptible by close)."""
         self._count("reconnects")
-        base_s = min(
-            self.options.reconnect_max_s, self.options.reconnect_initial_s * (2.0**attempt)
-        )
-        delay_s = base_s * random.uniform(0.5, 1.0)
+        delay_s = self._backoff.next_delay_s()
         self._set_state(SourceState.RECONNECTING, reason)
-        self._log.info("source.reconnect_wait", delay_s=round(delay_s, 3), attempt=attempt + 1)
+        self._log.info(
+            "source.reconnect_wait", delay_s=round(delay_s, 3), attempt=self._backoff.attempt
+        )
         if self._stop.wait(delay_s):
             raise _StopRequestedError
 
@@ -467,17 +507,23 @@ class VideoSource:
         while True:
             try:
                 self._queue.put(item, timeout=_POLL_S)
+                self._wake_consumer()
                 return
             except queue.Full:
                 if self._stop.is_set():
                     with contextlib.suppress(queue.Empty):
                         self._queue.get_nowait()
 
+    def _wake_consumer(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
     def _deliver(self, frame: Frame) -> None:
         if self._live:
             while True:
                 try:
                     self._queue.put_nowait(frame)
+                    self._wake_consumer()
                     return
                 except queue.Full:
                     try:
@@ -488,6 +534,7 @@ class VideoSource:
         while not self._stop.is_set():
             try:
                 self._queue.put(frame, timeout=_POLL_S)
+                self._wake_consumer()
                 return
             except queue.Full:
                 continue
@@ -508,8 +555,8 @@ class VideoSource:
             elapsed_s = time.monotonic() - started
             raise _classify_open_error(exc, self.url, self.options, elapsed_s) from None
 
-    def _run_connection(self) -> bool:
-        """Open, decode and deliver until the end. Returns whether any frame was delivered.
+    def _run_connection(self) -> None:
+        """Open, decode and deliver until the end (a finite source returns).
 
         Raises `SourceError` (open failed / corrupt), `_ConnectionLostError` (live: ended or
         stalled after delivering), `_StopRequestedError` (closed).
@@ -615,6 +662,5 @@ class VideoSource:
                 raise CorruptSourceError(
                     f"{self.url.redacted}: no decodable video frames; the file may be truncated"
                 )
-            return delivered
         finally:
             container.close()

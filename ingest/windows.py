@@ -31,6 +31,7 @@ from ingest.crops import crop_face, crop_in_frame_xyxy, crop_quality
 from ingest.frames import Frame
 from ingest.requests import ClipRequest, ImageRequest, WindowInfo
 from ingest.tracking import TrackedFaces
+from models.facellava.tasks import NUM_VIDEO_FRAMES, sample_frame_indices
 
 
 class WindowOptions(BaseModel):
@@ -40,7 +41,9 @@ class WindowOptions(BaseModel):
 
     window_s: float = Field(2.5, gt=0, description="Length of one clip window, stream seconds.")
     stride_s: float = Field(2.0, gt=0, description="Start-to-start distance of windows.")
-    frames_per_clip: int = Field(8, ge=1, description="Crops per ClipRequest.")
+    frames_per_clip: int = Field(
+        NUM_VIDEO_FRAMES, ge=1, description="Crops per ClipRequest."
+    )
     crop_size_px: int = Field(256, ge=16, description="Side of the square face crop.")
     crop_mode: Literal["facellava", "centered"] = Field(
         "facellava", description="Authors' top-left-anchored square, or centred with margin."
@@ -86,13 +89,6 @@ class _Sample:
 class _TrackWindows:
     window_start_s: float
     samples: deque[_Sample]
-
-
-def clip_indices(n: int, frames_per_clip: int = 8) -> np.ndarray:
-    """The authors' frame choice: floor(linspace(0, n-1, T)) over n crops."""
-    if n < 1:
-        raise ValueError("a clip needs at least one crop")
-    return np.floor(np.linspace(0, n - 1, frames_per_clip)).astype(np.int64)
 
 
 class WindowBuilder:
@@ -236,7 +232,8 @@ class WindowBuilder:
             box_xyxy=best.box_xyxy,
             detector_score=best.detector_score,
         )
-        picked = [samples[i] for i in clip_indices(len(samples), self.options.frames_per_clip)]
+        chosen = sample_frame_indices(len(samples), self.options.frames_per_clip)
+        picked = [samples[i] for i in chosen]
         clip = ClipRequest(
             window=info,
             crops_rgb=np.stack([s.crop_rgb for s in picked]),

@@ -18,23 +18,18 @@ from typing import Any
 
 import pytest
 import structlog
+from pydantic import ValidationError
 
 from tests.services.kafka_broker import (
     KafkaTestBroker,
     KafkaTopics,
     free_port,
 )
-from worker.assignments import (
-    AssignmentWatcher,
-    DesiredChange,
-    InvalidRecordError,
-    WatcherState,
-    dlq_payload,
-    parse_record,
-)
 from worker.logs import configure_logging
+from worker.records import InvalidRecordError, dlq_payload, parse_record
 from worker.settings import KafkaSettings
 from worker.specs import StreamSpec
+from worker.watcher import AssignmentWatcher, DesiredChange, WatcherState
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
 
@@ -484,6 +479,14 @@ def test_parse_record_reads_a_spec_and_a_tombstone() -> None:
     assert parse_record(b"f", path_spec, allow_file=True)[1] is not None
 
 
+@pytest.mark.parametrize("key", [b"cam-1\n", b"cam 1", b"", b"c" * 201])
+def test_a_key_is_refused_unless_all_of_it_is_a_stream_id(key: bytes) -> None:
+    with pytest.raises(InvalidRecordError, match="not a valid stream_id"):
+        parse_record(key, None, allow_file=False)  # a tombstone too: it would name a status key
+    with pytest.raises(ValidationError):
+        StreamSpec(stream_id=key.decode(), url="rtsp://cam.example/a")
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -529,7 +532,7 @@ def test_commit_never_lowers_the_checked_offset_nor_passes_a_failed_dlq_write() 
 
     from kafka import TopicPartition
 
-    from worker.assignments import _ChangeLog
+    from worker.watcher import _ChangeLog
 
     Record = namedtuple("Record", "topic partition offset key value")
     tp = TopicPartition("streams", 0)

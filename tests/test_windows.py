@@ -7,8 +7,9 @@ import pytest
 
 from ingest.frames import Frame
 from ingest.tracking import TrackedFaces, TrackRecord
-from ingest.windows import WindowBuilder, WindowOptions, clip_indices
+from ingest.windows import WindowBuilder, WindowOptions
 from models.detections import Detections
+from models.facellava.tasks import sample_frame_indices
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,9 +49,9 @@ def record(track_id: int) -> TrackRecord:
 
 
 def test_clip_indices_follow_the_authors_linspace_floor() -> None:
-    assert clip_indices(13).tolist() == [0, 1, 3, 5, 6, 8, 10, 12]
-    assert clip_indices(8).tolist() == list(range(8))
-    assert clip_indices(3).tolist() == [0, 0, 0, 0, 1, 1, 1, 2]
+    assert sample_frame_indices(13) == [0, 1, 3, 5, 6, 8, 10, 12]
+    assert sample_frame_indices(8) == list(range(8))
+    assert sample_frame_indices(3) == [0, 0, 0, 0, 1, 1, 1, 2]
 
 
 def test_windows_every_stride_with_eight_crops_at_linspace_indices() -> None:

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,18 +24,17 @@ import numpy as np
 import pytest
 import redis
 
+from ingest.sources import SourceState
+from worker.answering import MODEL_FAILURES_IN_ROW, ModelStage
+from worker.detection import DETECTOR_FAILURES_IN_ROW
 from worker.events import FaceEvent, event_id_for
+from worker.intake import StreamRecord
 from worker.scheduler import WindowJob, WindowQueue
-from worker.service import (
-    DETECTOR_FAILURES_IN_ROW,
-    MODEL_FAILURES_IN_ROW,
-    SUPERVISOR_STALL_S,
-    StreamRunner,
-    Worker,
-)
+from worker.service import SUPERVISOR_STALL_S, Worker
 from worker.settings import Settings
 from worker.specs import StreamSpec
 from worker.status import StreamState, StreamStatus
+from worker.watcher import DesiredChange
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -185,30 +183,44 @@ def bare_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Worker]:
         detector_factory=lambda: None,  # type: ignore[arg-type,return-value]
         answerer_factory=lambda: None,  # type: ignore[arg-type,return-value]
     )
-    monkeypatch.setattr(worker.watcher, "desired", dict)
     yield worker
     worker.http.stop()
 
 
-def _runner(worker: Worker, stream_id: str = "cam-u") -> StreamRunner:
+def _record(worker: Worker, stream_id: str = "cam-u") -> StreamRecord:
     spec = StreamSpec(stream_id=stream_id, url="rtsp://camera.example/live")
-    runner = StreamRunner(spec, worker.settings, threading.Event())  # not started
-    with worker._runners_lock:
-        worker.runners[stream_id] = runner
-    return runner
+    record = StreamRecord.running(spec, worker.settings)  # not started: nothing is opened
+    worker.streams.put(record)
+    return record
 
 
 def _job(stream_id: str, track_id: int = 1) -> WindowJob:
     window = SimpleNamespace(stream_id=stream_id, track_id=track_id)
-    return WindowJob(SimpleNamespace(window=window), None, ())  # type: ignore[arg-type]
+    request = SimpleNamespace(clip=SimpleNamespace(window=window), image=None)
+    return WindowJob(request, ())  # type: ignore[arg-type]
 
 
 def _pending_status(worker: Worker, stream_id: str) -> StreamStatus | None:
     return worker.publisher._pending_status[stream_id]
 
 
+def _model_stage(worker: Worker, answerer: object) -> ModelStage:
+    return ModelStage(
+        answerer,  # type: ignore[arg-type]
+        worker.queue,
+        worker.publisher,
+        worker.metrics,
+        max_batch=4,
+        batch_wait_s=0.0,
+    )
+
+
+def _metric(worker: Worker, name: str, **labels: str) -> float | None:
+    return worker.metrics.registry.get_sample_value(name, labels)
+
+
 def test_window_queue_counts_taken_jobs_as_pending_until_done() -> None:
-    queue = WindowQueue(8, 30.0, on_drop=lambda _reason, _n: None)
+    queue = WindowQueue(8, 30.0)
     queue.put(_job("s1"))
     jobs = queue.take(4, 0.0, 0.1)
     assert len(jobs) == 1 and len(queue) == 0
@@ -218,37 +230,39 @@ def test_window_queue_counts_taken_jobs_as_pending_until_done() -> None:
 
 
 def test_invalid_update_of_a_running_stream_keeps_its_error_status(bare_worker) -> None:
-    runner = _runner(bare_worker)
-    bare_worker._on_invalid_record("cam-u", "invalid StreamSpec: url: missing")
-    bare_worker._reconcile()  # the watcher dropped the spec: the runner stops
-    assert "cam-u" not in bare_worker.runners
+    record = _record(bare_worker)
+    bare_worker.supervisor.on_invalid("cam-u", "invalid StreamSpec: url: missing")
+    bare_worker.supervisor.on_change(DesiredChange(stopped=frozenset({"cam-u"})))
+    bare_worker.supervisor.reconcile()  # the watcher dropped the spec: the stream stops
+    assert bare_worker.streams.get("cam-u") is None
     status = _pending_status(bare_worker, "cam-u")
     assert status is not None and status.state == StreamState.ERROR
     assert "invalid assignment" in status.error
-    assert runner._stop.is_set()
+    assert record.source is not None and record.source._stop.is_set()
 
 
 def test_tombstone_of_a_running_stream_forgets_its_status(bare_worker) -> None:
-    _runner(bare_worker)
-    bare_worker._reconcile()
+    _record(bare_worker)
+    bare_worker.supervisor.on_change(DesiredChange(stopped=frozenset({"cam-u"})))
+    bare_worker.supervisor.reconcile()
     assert _pending_status(bare_worker, "cam-u") is None  # None = delete the hash
 
 
 def test_finite_stream_is_done_only_after_its_last_window_is_answered(bare_worker) -> None:
-    runner = _runner(bare_worker)
-    runner._on_state(StreamState.DONE, None)  # the source reached its end
-    bare_worker._refresh_runner(runner)
+    record = _record(bare_worker)
+    record.source._set_state(SourceState.DONE)  # the source reached its end
+    bare_worker.supervisor.refresh(record)
     assert _pending_status(bare_worker, "cam-u").state == StreamState.RUNNING
-    runner.flushed = True
+    record.flushed = True
     bare_worker.queue.put(_job("cam-u"))
     jobs = bare_worker.queue.take(4, 0.0, 0.1)  # the model holds the last window
-    bare_worker._refresh_runner(runner)
+    bare_worker.supervisor.refresh(record)
     assert _pending_status(bare_worker, "cam-u").state == StreamState.RUNNING
-    assert "cam-u" in bare_worker.runners
+    assert record in bare_worker.streams.active()
     bare_worker.queue.done(jobs)
-    bare_worker._refresh_runner(runner)
+    bare_worker.supervisor.refresh(record)
     assert _pending_status(bare_worker, "cam-u").state == StreamState.DONE
-    assert "cam-u" not in bare_worker.runners
+    assert record not in bare_worker.streams.active()
     assert bare_worker.watcher._tombstones.get_nowait() == "cam-u"
 
 
@@ -257,19 +271,18 @@ def test_model_loop_marks_a_failed_batch_done(bare_worker) -> None:
         def answer(self, jobs):
             raise RuntimeError("boom")
 
-    bare_worker._answerer = Failing()
+    stage = _model_stage(bare_worker, Failing())
     bare_worker.queue.put(_job("cam-u"))
-    thread = threading.Thread(target=bare_worker._model_loop, daemon=True)
-    thread.start()
+    stage.start()
     deadline = time.monotonic() + 5
     while bare_worker.queue.has_stream("cam-u") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not bare_worker.queue.has_stream("cam-u")
-    bare_worker._intake_stopped.set()
+    stage.stop()
     bare_worker.queue.close()
-    thread.join(5)
-    assert not thread.is_alive()
-    assert bare_worker.metrics.windows_dropped.labels("model_error")._value.get() == 1
+    stage.join(5)
+    assert not stage.is_alive()
+    assert _metric(bare_worker, "facestream_windows_dropped_total", reason="model_error") == 1
 
 
 def test_model_loop_survives_a_failed_batch_and_ends_only_after_repeated_failures(
@@ -282,22 +295,21 @@ def test_model_loop_survives_a_failed_batch_and_ends_only_after_repeated_failure
             Failing.calls += 1
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    bare_worker._answerer = Failing()
-    bare_worker._spawn("model", bare_worker._model_loop)  # as run() does: death is logged
-    thread = bare_worker._threads["model"]
+    bare_worker.model = _model_stage(bare_worker, Failing())
+    bare_worker.model.start()  # as run() does: death is logged
     for track_id in range(MODEL_FAILURES_IN_ROW - 1):
         bare_worker.queue.put(_job("cam-m", track_id))
         deadline = time.monotonic() + 5
         while Failing.calls <= track_id and time.monotonic() < deadline:
             time.sleep(0.01)
     time.sleep(0.1)
-    assert thread.is_alive(), "one failed batch must not end the model loop"
+    assert bare_worker.model.is_alive(), "one failed batch must not end the model loop"
     bare_worker.queue.put(_job("cam-m", 999))
-    thread.join(5)
-    assert not thread.is_alive(), "repeated failures end the loop so /healthz can say so"
+    bare_worker.model.join(5)
+    assert not bare_worker.model.is_alive(), "repeated failures end the loop so /healthz can say so"
     alive, why = bare_worker._alive()
     assert not alive and "model" in why
-    dropped = bare_worker.metrics.windows_dropped.labels("model_error")._value.get()
+    dropped = _metric(bare_worker, "facestream_windows_dropped_total", reason="model_error")
     assert dropped == MODEL_FAILURES_IN_ROW
 
 
@@ -308,31 +320,52 @@ def test_detector_failure_skips_the_batch_and_only_repeated_failures_end_the_loo
         def detect(self, images):
             raise RuntimeError("CUDA out of memory")
 
-    bare_worker._detector = Failing()
-    runner = _runner(bare_worker)
+    bare_worker.build_stages(Failing(), None)  # type: ignore[arg-type]
+    record = _record(bare_worker)
     frame = SimpleNamespace(image_bgr=np.zeros((4, 4, 3), np.uint8))
     for _ in range(DETECTOR_FAILURES_IN_ROW - 1):
-        bare_worker._detect_and_track([(runner, frame)])
-    assert runner.failed == DETECTOR_FAILURES_IN_ROW - 1
-    bare_worker._refresh_runner(runner)
-    skipped = bare_worker.metrics.frames_skipped.labels("cam-u", "detector_error")
-    assert skipped._value.get() == DETECTOR_FAILURES_IN_ROW - 1
+        bare_worker.detection.detect_and_track([(record, frame)])
+    assert record.detector_errors == DETECTOR_FAILURES_IN_ROW - 1
+    skipped = _metric(
+        bare_worker, "facestream_frames_skipped_total", stream_id="cam-u", reason="detector_error"
+    )
+    assert skipped == DETECTOR_FAILURES_IN_ROW - 1
     with pytest.raises(RuntimeError):
-        bare_worker._detect_and_track([(runner, frame)])
+        bare_worker.detection.detect_and_track([(record, frame)])
 
 
-def test_windows_of_a_stopped_runner_are_not_queued(bare_worker) -> None:
-    runner = _runner(bare_worker)
-    bare_worker._stop_runner(runner, forget=True)
-    window = SimpleNamespace(clip=_job("cam-u").clip, image=None)
-    bare_worker._enqueue(runner, [window])  # the detector thread, a moment late
+def test_windows_of_a_stopped_stream_are_not_queued(bare_worker) -> None:
+    bare_worker.build_stages(None, None)  # type: ignore[arg-type]
+    record = _record(bare_worker)
+    bare_worker.supervisor.stop(record, forget=True)
+    bare_worker.detection.enqueue(record, [_job("cam-u").request])  # a moment late
     assert len(bare_worker.queue) == 0
-    assert bare_worker.metrics.windows_dropped.labels("stream_stopped")._value.get() == 1
+    assert _metric(bare_worker, "facestream_windows_dropped_total", reason="stream_stopped") == 1
+
+
+def test_source_drops_and_pipeline_counters_reach_metrics_and_vanish_with_the_stream(
+    bare_worker,
+) -> None:
+    record = _record(bare_worker)
+    record.source._count("frames_dropped", 3)
+    record.source._count("decode_errors", 2)
+    record.pipeline.stats.faces_over_max = 4
+    record.pipeline.stats.crops_evicted = 5
+    labels = {"stream_id": "cam-u"}
+    assert (
+        _metric(bare_worker, "facestream_frames_skipped_total", reason="detector_busy", **labels)
+        == 3
+    )
+    assert _metric(bare_worker, "facestream_decode_errors_total", **labels) == 2
+    assert _metric(bare_worker, "facestream_faces_over_max_total", **labels) == 4
+    assert _metric(bare_worker, "facestream_crops_evicted_total", **labels) == 5
+    bare_worker.supervisor.stop(record, forget=True)
+    assert _metric(bare_worker, "facestream_decode_errors_total", **labels) is None
 
 
 def test_healthz_reports_a_stuck_supervisor(bare_worker) -> None:
     bare_worker._models_loaded.set()
-    bare_worker._supervisor_beat_s = time.monotonic() - SUPERVISOR_STALL_S - 1
+    bare_worker.supervisor.last_tick_s = time.monotonic() - SUPERVISOR_STALL_S - 1
     ok, why = bare_worker._alive()
     assert not ok and "supervisor" in why
 

@@ -1,30 +1,43 @@
-"""The model stage: window jobs → Face-LLaVA questions → `FaceEvent`s.
+"""The model stage: window jobs → Face-LLaVA questions → `FaceEvent`s → the publisher.
 
 A window asks its stream's tasks; each task goes to the modality the authors recommend
 (emotion → the 8-crop clip; age, attributes, action units → the best single crop). All
-questions of one visual share its prefill inside the engine. Used by the worker's model
-thread and by `facestream analyze --model`.
+questions of one visual share its prefill inside the engine. `FaceAnswerer` is used by
+the worker's `model` thread (`ModelStage`, input: the window queue) and by
+`facestream analyze --model`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from models.facellava.answers import Task, parse_answer
+from models.facellava.answers import parse_answer
 from models.facellava.engine import GenerationEngine, GenerationRequest
 from models.facellava.options import ModelOptions
-from models.facellava.prompts import TASK_MODALITY
+from models.facellava.tasks import TASK_MODALITY, Task
 from worker.events import FaceEvent, event_id_for
-from worker.scheduler import WindowJob
+from worker.metrics import Metrics
+from worker.publisher import EventPublisher
+from worker.scheduler import WindowJob, WindowQueue
+from worker.stage import StageThread
 
 if TYPE_CHECKING:
     from models.facellava.checkpoint import LoadedModel
 
 log = structlog.get_logger(__name__)
+
+MODEL_FAILURES_IN_ROW = 10  # failed batches in a row before the thread gives up (/healthz)
+_TAKE_TIMEOUT_S = 0.5
+
+
+class Answerer(Protocol):
+    """What the model stage needs: one event per (job, task) of a batch."""
+
+    def answer(self, jobs: Sequence[WindowJob]) -> list[FaceEvent]: ...
 
 
 class FaceAnswerer:
@@ -57,15 +70,16 @@ class FaceAnswerer:
         """Run every task of every job in one engine call and build the events."""
         requests: list[GenerationRequest] = []
         for index, job in enumerate(jobs):
+            clip, image = job.request.clip, job.request.image
             video_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "video"]
             image_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "image"]
             if video_tasks:
                 requests.append(
-                    GenerationRequest.for_tasks((index, "video"), job.clip.crops_rgb, video_tasks)
+                    GenerationRequest.for_tasks((index, "video"), clip.crops_rgb, video_tasks)
                 )
             if image_tasks:
                 requests.append(
-                    GenerationRequest.for_tasks((index, "image"), job.image.crop_rgb, image_tasks)
+                    GenerationRequest.for_tasks((index, "image"), image.crop_rgb, image_tasks)
                 )
         if not requests:
             return []
@@ -78,12 +92,12 @@ class FaceAnswerer:
                 task = answer.question.task
                 assert task is not None  # for_tasks always sets it
                 events.append(self._event(job, Task(task), answer.text, now_s))
-        streams = sorted({job.clip.window.stream_id for job in jobs})
+        streams = sorted({job.key[0] for job in jobs})
         log.debug("answered", jobs=len(jobs), events=len(events), streams=streams)
         return events
 
     def _event(self, job: WindowJob, task: Task, text: str, now_s: float) -> FaceEvent:
-        window = job.clip.window
+        window = job.request.clip.window
         return FaceEvent(
             event_id=event_id_for(window.stream_id, window.track_id, window.window_start_s, task),
             stream_id=window.stream_id,
@@ -100,3 +114,61 @@ class FaceAnswerer:
             model_id=self.model_id,
             worker_id=self.worker_id,
         )
+
+
+class ModelStage(StageThread):
+    """Thread `model`: batches from the window queue → the answerer → the publisher.
+
+    A failed batch is dropped (counted as `model_error`); only `MODEL_FAILURES_IN_ROW`
+    failures in a row end the thread. After `stop()` it answers what is still queued and
+    ends once the queue is empty (or closed)."""
+
+    def __init__(
+        self,
+        answerer: Answerer,
+        queue: WindowQueue,
+        publisher: EventPublisher,
+        metrics: Metrics,
+        *,
+        max_batch: int,
+        batch_wait_s: float,
+    ) -> None:
+        super().__init__("model")
+        self._answerer = answerer
+        self._queue = queue
+        self._publisher = publisher
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._batch_wait_s = batch_wait_s
+
+    def run(self) -> None:
+        """Answer batches until stopped and drained."""
+        failures_in_row = 0
+        while True:
+            jobs = self._queue.take(self._max_batch, self._batch_wait_s, _TAKE_TIMEOUT_S)
+            if not jobs:
+                if self.stopping.is_set() and not len(self._queue):
+                    return
+                continue
+            self._metrics.model_batch_size.observe(len(jobs))
+            try:
+                try:
+                    events = self._answerer.answer(jobs)
+                    failures_in_row = 0
+                except Exception:
+                    log.exception("model batch failed; its windows are dropped", jobs=len(jobs))
+                    self._queue.count_drop("model_error", len(jobs))
+                    failures_in_row += 1
+                    if failures_in_row >= MODEL_FAILURES_IN_ROW:
+                        raise  # the thread ends; /healthz reports the model loop dead
+                    events = []
+                self._publish(events)
+            finally:
+                self._queue.done(jobs)  # after publishing: a finished stream's events are out
+
+    def _publish(self, events: list[FaceEvent]) -> None:
+        now_s = time.time()
+        for event in events:
+            self._publisher.publish(event)
+            self._metrics.events.labels(str(event.task)).inc()
+            self._metrics.frame_to_event_s.observe(max(0.0, now_s - event.frame_wall_time_s))

@@ -1,82 +1,90 @@
-"""Prometheus metrics of one worker, in a registry of its own (tests run several workers)."""
+"""Prometheus metrics of one worker, in a registry of its own (tests run several workers).
+
+Two kinds. Histograms and the few counters of events that happen in one place are
+observed where they happen (`Metrics` attributes). Everything the stages already count
+(sources, pipelines, the window queue, the publisher, the Kafka watcher) is read when
+`/metrics` is scraped by `StageCollector`: no copies, no mirror thread, and a stopped
+stream's series are simply gone. Names are part of the deploy contract.
+"""
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from worker.intake import StreamTable
+    from worker.publisher import EventPublisher
+    from worker.scheduler import WindowQueue
+    from worker.watcher import WatcherStatus
 
 LATENCY_BUCKETS_S = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+# (name, help, how to read it from a running StreamRecord) for per-stream counters.
+_STREAM_COUNTERS: tuple[tuple[str, str, Callable], ...] = (
+    ("facestream_frames_decoded", "Frames decoded.", lambda r: r.source.stats.frames_decoded),
+    (
+        "facestream_frames_sampled",
+        "Decoded frames kept at the detection rate.",
+        lambda r: r.source.stats.frames_sampled,
+    ),
+    ("facestream_frames_detected", "Frames run through the detector.", lambda r: r.detected),
+    (
+        "facestream_decode_errors",
+        "Packets FFmpeg could not decode.",
+        lambda r: r.source.stats.decode_errors,
+    ),
+    ("facestream_stalls", "Times a live source stalled.", lambda r: r.source.stats.stalls),
+    ("facestream_reconnects", "Source reconnects.", lambda r: r.source.stats.reconnects),
+    (
+        "facestream_windows_emitted",
+        "Windows handed to the scheduler.",
+        lambda r: r.pipeline.stats.emitted,
+    ),
+    (
+        "facestream_windows_skipped",
+        "Windows not emitted (too little face coverage).",
+        lambda r: r.pipeline.stats.skipped_low_coverage,
+    ),
+    (
+        "facestream_faces_too_small",
+        "Detected faces below the minimum size, not windowed.",
+        lambda r: r.pipeline.stats.faces_too_small,
+    ),
+    (
+        "facestream_faces_over_max",
+        "Tracked faces beyond the per-stream maximum, not windowed.",
+        lambda r: r.pipeline.stats.faces_over_max,
+    ),
+    (
+        "facestream_crops_evicted",
+        "Face crops dropped from a window's bounded buffer.",
+        lambda r: r.pipeline.stats.crops_evicted,
+    ),
+)
 
 
 class Metrics:
-    """Every metric the worker exports on `/metrics`; names are part of the deploy contract."""
+    """The metrics observed where things happen; `collect_stages` adds the rest."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.frames_decoded = Counter(
-            "facestream_frames_decoded", "Frames decoded.", ["stream_id"], registry=r
-        )
-        self.frames_detected = Counter(
-            "facestream_frames_detected",
-            "Frames run through the detector.",
-            ["stream_id"],
-            registry=r,
-        )
-        self.frames_skipped = Counter(
-            "facestream_frames_skipped",
-            "Sampled frames not detected (reason: detector_busy, detector_error).",
-            ["stream_id", "reason"],
-            registry=r,
-        )
-        self.stream_fps = Gauge(
-            "facestream_stream_fps",
-            "Recent frames per second per stage (decoded, detected, skipped).",
-            ["stream_id", "stage"],
-            registry=r,
-        )
-        self.reconnects = Counter(
-            "facestream_reconnects", "Source reconnects.", ["stream_id"], registry=r
-        )
-        self.active_tracks = Gauge(
-            "facestream_active_tracks", "Tracks alive now.", ["stream_id"], registry=r
-        )
-        self.active_streams = Gauge(
-            "facestream_active_streams", "Streams this worker runs now.", registry=r
-        )
-        self.windows_emitted = Counter(
-            "facestream_windows_emitted",
-            "Windows handed to the scheduler.",
-            ["stream_id"],
-            registry=r,
-        )
-        self.windows_skipped = Counter(
-            "facestream_windows_skipped",
-            "Windows not emitted (too little face coverage).",
-            ["stream_id"],
-            registry=r,
-        )
-        self.windows_dropped = Counter(
-            "facestream_windows_dropped",
-            "Windows dropped (reason: superseded, queue_full, stale, stream_stopped, "
-            "model_error, shutdown).",
-            ["reason"],
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "facestream_queue_depth", "Items waiting per queue.", ["queue"], registry=r
-        )
         self.detector_batch_size = Histogram(
             "facestream_detector_batch_size",
             "Frames per detector batch.",
-            buckets=(1, 2, 4, 8, 16, 32),
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.model_batch_size = Histogram(
             "facestream_model_batch_size",
             "Windows per model batch.",
-            buckets=(1, 2, 4, 8, 16, 32),
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.frame_to_event_s = Histogram(
@@ -88,49 +96,127 @@ class Metrics:
         self.events = Counter(
             "facestream_events", "Events handed to the publisher.", ["task"], registry=r
         )
-        self.redis_errors = Gauge(
-            "facestream_redis_errors",
-            "Redis errors seen by the publisher (cumulative).",
-            registry=r,
-        )
-        self.redis_buffer_size = Gauge(
-            "facestream_redis_buffer_size", "Events waiting for Redis.", registry=r
-        )
-        self.redis_buffer_high_water = Gauge(
-            "facestream_redis_buffer_high_water",
-            "Most events ever waiting for Redis at once.",
-            registry=r,
-        )
-        self.events_dropped = Gauge(
-            "facestream_events_dropped",
-            "Events dropped because Redis stayed down (cumulative).",
-            registry=r,
-        )
-        self.assigned_partitions = Gauge(
-            "facestream_assigned_partitions",
-            "Kafka partitions assigned to this worker.",
-            registry=r,
-        )
-        self.rebalances = Counter(
-            "facestream_rebalances", "Kafka group rebalances seen.", registry=r
-        )
         self.invalid_specs = Counter(
             "facestream_invalid_specs", "Assignment records sent to the DLQ.", registry=r
         )
 
-    def forget_stream(self, stream_id: str) -> None:
-        """Drop a stopped stream's labelled series so dashboards do not show ghosts."""
-        for metric in (
-            self.frames_decoded,
-            self.frames_detected,
-            self.reconnects,
-            self.active_tracks,
-            self.windows_emitted,
-            self.windows_skipped,
+    def collect_stages(
+        self,
+        streams: StreamTable,
+        queue: WindowQueue,
+        publisher: EventPublisher,
+        watcher_status: Callable[[], WatcherStatus],
+    ) -> None:
+        """Export the stages' own counters at every scrape (call once)."""
+        self.registry.register(StageCollector(streams, queue, publisher, watcher_status))
+
+
+class StageCollector(Collector):
+    """Reads the running stages' counters when `/metrics` is scraped."""
+
+    def __init__(
+        self,
+        streams: StreamTable,
+        queue: WindowQueue,
+        publisher: EventPublisher,
+        watcher_status: Callable[[], WatcherStatus],
+    ) -> None:
+        self._streams = streams
+        self._queue = queue
+        self._publisher = publisher
+        self._watcher_status = watcher_status
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: the registry then never collects at registration time."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per metric, built from the stages' counters now."""
+        yield from self._per_stream()
+        yield from self._queues()
+        yield from self._publisher_and_kafka()
+
+    def _per_stream(self) -> Iterator[Metric]:
+        records = [r for r in self._streams.active() if r.source and r.pipeline]
+        for name, text, read in _STREAM_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=["stream_id"])
+            for record in records:
+                family.add_metric([record.stream_id], read(record))
+            yield family
+        skipped = CounterMetricFamily(
+            "facestream_frames_skipped",
+            "Sampled frames not detected (reason: detector_busy = the source dropped its "
+            "oldest waiting frame, detector_error).",
+            labels=["stream_id", "reason"],
+        )
+        fps = GaugeMetricFamily(
+            "facestream_stream_fps",
+            "Recent frames per second per stage (decoded, detected, skipped).",
+            labels=["stream_id", "stage"],
+        )
+        tracks = GaugeMetricFamily(
+            "facestream_active_tracks", "Tracks alive now.", labels=["stream_id"]
+        )
+        for record in records:
+            skipped.add_metric(
+                [record.stream_id, "detector_busy"], record.source.stats.frames_dropped
+            )
+            skipped.add_metric([record.stream_id, "detector_error"], record.detector_errors)
+            for stage, value in record.fps.items():
+                fps.add_metric([record.stream_id, stage], value)
+            tracks.add_metric([record.stream_id], len(record.pipeline.tracker.active_track_ids))
+        yield from (skipped, fps, tracks)
+        yield GaugeMetricFamily(
+            "facestream_active_streams", "Streams this worker runs now.", value=len(records)
+        )
+
+    def _queues(self) -> Iterator[Metric]:
+        records = self._streams.active()
+        depth = GaugeMetricFamily(
+            "facestream_queue_depth", "Items waiting per queue.", labels=["queue"]
+        )
+        depth.add_metric(["windows"], len(self._queue))
+        depth.add_metric(["frames"], sum(r.source.waiting for r in records if r.source))
+        yield depth
+        dropped = CounterMetricFamily(
+            "facestream_windows_dropped",
+            "Windows dropped (reason: superseded, queue_full, stale, stream_stopped, "
+            "model_error, shutdown).",
+            labels=["reason"],
+        )
+        for reason, count in self._queue.drops.items():
+            dropped.add_metric([reason], count)
+        yield dropped
+
+    def _publisher_and_kafka(self) -> Iterator[Metric]:
+        stats = self._publisher.stats()
+        for name, text, value in (
+            (
+                "facestream_redis_errors",
+                "Redis errors seen by the publisher (cumulative).",
+                stats.redis_errors,
+            ),
+            ("facestream_redis_buffer_size", "Events waiting for Redis.", stats.buffered),
+            (
+                "facestream_redis_buffer_high_water",
+                "Most events ever waiting for Redis at once.",
+                stats.buffered_high_water,
+            ),
+            (
+                "facestream_events_dropped",
+                "Events dropped because Redis stayed down (cumulative).",
+                stats.dropped,
+            ),
         ):
-            with contextlib.suppress(KeyError):
-                metric.remove(stream_id)
-        for labelled in (self.frames_skipped, self.stream_fps):
-            for labels in list(labelled._metrics):
-                if labels[0] == stream_id:
-                    labelled.remove(*labels)
+            yield GaugeMetricFamily(name, text, value=value)
+        status = self._watcher_status()
+        yield GaugeMetricFamily(
+            "facestream_assigned_partitions",
+            "Kafka partitions assigned to this worker.",
+            value=len(status.partitions),
+        )
+        yield CounterMetricFamily(
+            "facestream_rebalances",
+            "Kafka group assignments that changed this worker's partitions.",
+            value=status.rebalances,
+        )

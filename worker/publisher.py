@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from ingest.backoff import Backoff
 from ingest.urls import redact_url
 from worker.events import FaceEvent
 from worker.redis_keys import RedisKeys
@@ -257,7 +258,7 @@ class EventPublisher:
                 self._cond.notify_all()
 
     def _write_loop(self) -> None:
-        delay_s = self._settings.retry_initial_s
+        backoff = Backoff(self._settings.retry_initial_s, self._settings.retry_max_s)
         while True:
             with self._cond:
                 while not (self._stop_requested or self._buffer or self._pending_status):
@@ -273,11 +274,10 @@ class EventPublisher:
                 results = self._write(batch, statuses)
             except redis.RedisError as exc:
                 self._after_failure(statuses, exc)
-                self._wait_before_retry(delay_s)
-                delay_s = min(delay_s * 2, self._settings.retry_max_s)
+                self._wait_before_retry(backoff.next_delay_s())
                 continue
             self._after_success(batch, statuses, results)
-            delay_s = self._settings.retry_initial_s
+            backoff.reset()
 
     def _write(
         self, batch: list[_QueuedEvent], statuses: dict[str, StreamStatus | None]

@@ -3,7 +3,7 @@
 Policy `newest-per-track`: a person's newer window supersedes their older one still
 waiting (the newer says more about now); when the queue is full the oldest window of
 all is dropped; a window older than `max_age_s` when the model reaches it is dropped
-as stale. Every drop is counted by reason; nothing is dropped silently.
+as stale. Every drop is counted by reason (`drops`); nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -11,41 +11,54 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ingest.requests import ClipRequest, ImageRequest
-from models.facellava.answers import Task
+from ingest.windows import WindowRequests
+from models.facellava.tasks import Task
+
+DROP_REASONS = ("superseded", "queue_full", "stale", "stream_stopped", "model_error", "shutdown")
 
 
 @dataclass(frozen=True)
 class WindowJob:
-    """One window of one person and the tasks its stream asked for."""
+    """One window of one person (its clip and best image) and the tasks its stream asked."""
 
-    clip: ClipRequest
-    image: ImageRequest
+    request: WindowRequests
     tasks: tuple[Task, ...]
     enqueued_s: float = field(default_factory=time.monotonic)
 
     @property
     def key(self) -> tuple[str, int]:
-        return (self.clip.window.stream_id, self.clip.window.track_id)
-
-
-DropCallback = Callable[[str, int], None]
+        """(stream_id, track_id): a person's newer window supersedes the older one."""
+        window = self.request.clip.window
+        return (window.stream_id, window.track_id)
 
 
 class WindowQueue:
-    """Thread-safe, bounded, with the `newest-per-track` policy; `on_drop(reason, n)`."""
+    """Thread-safe, bounded, with the `newest-per-track` policy; drops counted by reason."""
 
-    def __init__(self, capacity: int, max_age_s: float, on_drop: DropCallback) -> None:
+    def __init__(self, capacity: int, max_age_s: float) -> None:
         self._capacity = capacity
         self._max_age_s = max_age_s
-        self._on_drop = on_drop
+        self._drops: Counter[str] = Counter()
         self._jobs: OrderedDict[tuple[str, int], WindowJob] = OrderedDict()
         self._taken: Counter[str] = Counter()  # stream_id → jobs taken, not yet `done`
         self._cond = threading.Condition()
         self._closed = False
+
+    def count_drop(self, reason: str, n: int) -> None:
+        """Count `n` windows dropped outside the queue (`stream_stopped`, `model_error`)."""
+        with self._cond:
+            self._count_drop(reason, n)
+
+    def _count_drop(self, reason: str, n: int) -> None:
+        self._drops[reason] += n
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Windows dropped so far, by reason (every reason of `DROP_REASONS`)."""
+        with self._cond:
+            return {reason: self._drops[reason] for reason in DROP_REASONS}
 
     def __len__(self) -> int:
         with self._cond:
@@ -55,14 +68,14 @@ class WindowQueue:
         """Enqueue without ever blocking; applies the drop policy."""
         with self._cond:
             if self._closed:
-                self._on_drop("shutdown", 1)
+                self._count_drop("shutdown", 1)
                 return
             if job.key in self._jobs:
                 del self._jobs[job.key]
-                self._on_drop("superseded", 1)
+                self._count_drop("superseded", 1)
             elif len(self._jobs) >= self._capacity:
                 self._jobs.popitem(last=False)
-                self._on_drop("queue_full", 1)
+                self._count_drop("queue_full", 1)
             self._jobs[job.key] = job
             self._cond.notify()
 
@@ -88,7 +101,7 @@ class WindowQueue:
             while self._jobs and len(batch) < max_jobs:
                 _, job = self._jobs.popitem(last=False)
                 if now - job.enqueued_s > self._max_age_s:
-                    self._on_drop("stale", 1)
+                    self._count_drop("stale", 1)
                     continue
                 batch.append(job)
                 self._taken[job.key[0]] += 1
@@ -114,7 +127,7 @@ class WindowQueue:
             for k in keys:
                 del self._jobs[k]
             if keys:
-                self._on_drop("stream_stopped", len(keys))
+                self._count_drop("stream_stopped", len(keys))
 
     def close(self) -> int:
         """Refuse new jobs, wake waiters, and drop what is left; returns how many dropped."""
@@ -123,6 +136,6 @@ class WindowQueue:
             n = len(self._jobs)
             self._jobs.clear()
             if n:
-                self._on_drop("shutdown", n)
+                self._count_drop("shutdown", n)
             self._cond.notify_all()
             return n

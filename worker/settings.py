@@ -62,6 +62,10 @@ class KafkaSettings(BaseModel):
     ssl_cafile: str | None = Field(None, description="CA bundle for SSL; unset = system CAs.")
     ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS.")
     ssl_keyfile: str | None = Field(None, description="Private key of the client certificate.")
+    retry_initial_s: float = Field(
+        0.5, gt=0, description="First delay before reconnecting after a Kafka failure."
+    )
+    retry_max_s: float = Field(10.0, gt=0, description="Cap of the Kafka reconnect backoff.")
 
 
 class RedisSettings(BaseModel):
@@ -87,9 +91,6 @@ class SchedulerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    frames_per_stream: int = Field(
-        2, ge=1, description="Frames a stream may have waiting for the detector; older skipped."
-    )
     model_queue_windows: int = Field(64, ge=1, description="Windows waiting for the model.")
     max_window_age_s: float = Field(30.0, gt=0, description="Older waiting windows are dropped.")
     batch_wait_ms: int = Field(20, ge=0, description="How long a batch waits to fill.")

@@ -1,12 +1,33 @@
-"""`StreamSpec`: the versioned wire format of one stream assignment (Kafka value JSON)."""
+"""`StreamSpec`: the versioned wire format of one stream assignment (Kafka value JSON),
+the stream-id rule, and how validation errors are told to a user."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import re
 
-from models.facellava.answers import Task
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.facellava.tasks import Task
 
 SCHEMA_VERSION = 1
+# A stream id is a Kafka key, a Redis key part and a metric label: 1-200 characters of
+# this set, the whole text (a trailing newline is refused too).
+_STREAM_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+STREAM_ID_RULE = "1-200 characters of A-Z a-z 0-9 . _ : -"
+
+
+def is_stream_id(text: str) -> bool:
+    """Whether `text` is a valid stream id (the whole of it, see `STREAM_ID_RULE`)."""
+    return _STREAM_ID_RE.fullmatch(text) is not None
+
+
+def validation_problems(error: ValidationError) -> str:
+    """`field.path: message; ...` of a pydantic error, never echoing the input values
+    (a misspelt secret or a URL with credentials must not be printed)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'value'}: {item['msg']}"
+        for item in error.errors(include_url=False, include_input=False, include_context=False)
+    )
 
 
 class StreamSpec(BaseModel):
@@ -18,9 +39,7 @@ class StreamSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: int = Field(SCHEMA_VERSION, description="Wire format version; must be 1.")
-    stream_id: str = Field(
-        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$", description="Stable id."
-    )
+    stream_id: str = Field(description=f"Stable id: {STREAM_ID_RULE}.")
     url: str = Field(min_length=1, max_length=4096, description="rtsp/rtsps/http/https/file URL.")
     tasks: list[Task] = Field(
         default_factory=lambda: [Task.EMOTION], min_length=1, description="What to ask per face."
@@ -37,6 +56,13 @@ class StreamSpec(BaseModel):
     def _known_version(cls, value: int) -> int:
         if value != SCHEMA_VERSION:
             raise ValueError(f"schema_version {value} is not supported (this worker reads 1)")
+        return value
+
+    @field_validator("stream_id")
+    @classmethod
+    def _valid_stream_id(cls, value: str) -> str:
+        if not is_stream_id(value):
+            raise ValueError(f"a stream id is {STREAM_ID_RULE}")
         return value
 
     @field_validator("tasks")

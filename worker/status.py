@@ -7,14 +7,32 @@ and statuses share one connection, one background thread and one outage policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from ingest.sources import SourceState as StreamState  # a stream's state is its source's
+from ingest.sources import SourceState
 from ingest.urls import redact_url, scrub_secrets
 from worker.redis_keys import RedisKeys
 
 if TYPE_CHECKING:
     import redis
+
+
+class StreamState(StrEnum):
+    """Where a stream is, as its status hash says (part of the Redis wire format)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    STALLED = "stalled"
+    DONE = "done"
+    ERROR = "error"
+
+    @classmethod
+    def while_source_is(cls, state: SourceState) -> StreamState:
+        """The state of a running stream whose source is in `state`. A source at its end
+        leaves the stream `running`: it is `done` only once its last windows are answered."""
+        return cls.RUNNING if state is SourceState.DONE else cls(state.value)
 
 
 @dataclass(frozen=True)

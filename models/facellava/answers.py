@@ -7,19 +7,11 @@ answer text into one of them, or `None` when the text says nothing we can trust.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class Task(StrEnum):
-    """A question we ask of a face."""
-
-    EMOTION = "emotion"
-    AGE = "age"
-    ATTRIBUTES = "attributes"
-    ACTION_UNITS = "action_units"
+from models.facellava.tasks import Task as Task  # re-exported: callers import it from here too
 
 
 class EmotionResult(BaseModel):

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.facellava.tasks import NUM_VIDEO_FRAMES
+from models.facellava.tasks import sample_frame_indices as _sample_frame_indices
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-NUM_VIDEO_FRAMES = 8
 
 
 class PreprocessError(ValueError):
@@ -29,10 +31,12 @@ class PreprocessError(ValueError):
 
 
 def sample_frame_indices(num_available: int, num_frames: int = NUM_VIDEO_FRAMES) -> list[int]:
-    """Frame indices `floor(linspace(0, n-1, num_frames))`: first and last included."""
-    if num_available < 1:
-        raise PreprocessError("cannot sample frames from an empty clip")
-    return [int(i) for i in np.linspace(0, num_available - 1, num_frames, dtype=int)]
+    """Frame indices `floor(linspace(0, n-1, num_frames))` (`tasks.sample_frame_indices`);
+    an empty clip raises `PreprocessError`."""
+    try:
+        return _sample_frame_indices(num_available, num_frames)
+    except ValueError as error:
+        raise PreprocessError(str(error)) from None
 
 
 def _short_side_size(height: int, width: int, short_px: int) -> tuple[int, int]:

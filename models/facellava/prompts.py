@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from models.facellava.answers import Task
+from models.facellava.tasks import NUM_VIDEO_FRAMES as NUM_VIDEO_FRAMES
+from models.facellava.tasks import TASK_MODALITY as TASK_MODALITY
+from models.facellava.tasks import Modality as Modality
+from models.facellava.tasks import Task
 
 SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -27,9 +29,6 @@ SYSTEM_PROMPT = (
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_TOKEN_INDEX = -200
 """Sentinel id standing for one placeholder: 256 image tokens, or one frame's 257."""
-NUM_VIDEO_FRAMES = 8
-
-Modality = Literal["image", "video"]
 
 DEFAULT_QUESTIONS: dict[Task, str] = {
     Task.EMOTION: "What emotion is shown in the video?",
@@ -38,14 +37,6 @@ DEFAULT_QUESTIONS: dict[Task, str] = {
     Task.ACTION_UNITS: "Identify the active facial action units in the provided image.",
 }
 """One question per task, from the authors' prompt lists."""
-
-TASK_MODALITY: dict[Task, Modality] = {
-    Task.EMOTION: "video",
-    Task.AGE: "image",
-    Task.ATTRIBUTES: "image",
-    Task.ACTION_UNITS: "image",
-}
-"""The input the authors recommend for each task."""
 
 
 class PromptError(ValueError):

@@ -157,7 +157,7 @@ def model_stage(args: argparse.Namespace) -> WindowHandler | None:
     answerer = FaceAnswerer.from_loaded(loaded, options, worker_id="analyze")
 
     def answer(requests: WindowRequests) -> list[dict[str, Any]]:
-        events = answerer.answer([WindowJob(requests.clip, requests.image, tasks)])
+        events = answerer.answer([WindowJob(requests, tasks)])
         return [{"type": "event", **event.model_dump(mode="json")} for event in events]
 
     return answer

@@ -9,11 +9,16 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from worker.commands.connections import (
+    EXIT_REDIS_UNREACHABLE,
+    add_redis_arguments,
+    report_unreachable,
+)
+
 if TYPE_CHECKING:
     from worker.status import StreamStatus
 
 EXIT_NOT_FOUND = 1
-EXIT_REDIS_UNREACHABLE = 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_redis_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
-
-
-def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--redis-url` and `--prefix`, overriding `FACESTREAM_REDIS__URL` / `__PREFIX`."""
-    parser.add_argument("--redis-url", help="Redis URL (default: settings' redis.url)")
-    parser.add_argument("--prefix", help="key prefix (default: settings' redis.prefix)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,21 +109,3 @@ def _print_table(statuses: list[StreamStatus]) -> None:
     for row in (header, *rows):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip())
-
-
-def report_unreachable(url: str, error: Exception) -> int:
-    """Say (redacted) that Redis did not answer or answered with an error; its exit status."""
-    import redis
-
-    from ingest.urls import redact_url
-
-    what = (
-        "cannot reach Redis at"
-        if isinstance(error, redis.ConnectionError | redis.TimeoutError)
-        else "error reply from Redis at"
-    )
-    print(
-        f"{what} {redact_url(url)}: {error} (set --redis-url or FACESTREAM_REDIS__URL)",
-        file=sys.stderr,
-    )
-    return EXIT_REDIS_UNREACHABLE

@@ -6,7 +6,11 @@ import argparse
 import json
 import sys
 
-from worker.commands.stop import add_kafka_arguments, kafka_settings_from, produce_assignment
+from worker.commands.connections import (
+    add_kafka_arguments,
+    kafka_settings_from,
+    produce_assignment,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ingest.urls import UnsupportedURLError, check_source_url
     from worker.settings import Settings
-    from worker.specs import StreamSpec
+    from worker.specs import StreamSpec, validation_problems
 
     # The same setting the workers read: where they allow files, submit does too.
     allow_file = args.allow_file or Settings().source.allow_file
@@ -73,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
         )
         check_source_url(spec.url, allow_file=allow_file)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
-            for item in error.errors(include_url=False, include_input=False, include_context=False)
-        )
+        problems = validation_problems(error)
         print(f"facestream submit: invalid stream spec: {problems}", file=sys.stderr)
         return 2
     except UnsupportedURLError as error:

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from worker.commands.status import add_redis_arguments, report_unreachable
+from worker.commands.connections import add_redis_arguments, report_unreachable
 
 if TYPE_CHECKING:
     import redis

@@ -1,4 +1,4 @@
-"""Kafka stream assignments: fold the owned partitions of `facestream.streams` into the
+"""The Kafka assignments thread: fold the owned partitions of `facestream.streams` into the
 desired set of streams and report how it changes.
 
 `AssignmentWatcher` is a consumer in the workers' group. When the group gives it
@@ -7,7 +7,8 @@ and keeps the latest value per key (a `StreamSpec`, or a tombstone = stop and fo
 then it applies new records as they come. Every change leaves as one `DesiredChange`
 (`started` / `updated` / `stopped`) through `on_change`; a bad record goes to the DLQ
 topic and to `on_invalid`. The poll loop runs in its own thread and never waits on
-stream work: the callbacks must only hand the change over (e.g. into a queue).
+stream work: the callbacks must only hand the change over (the supervisor folds each
+change into its pending set). Record parsing and DLQ payloads are `worker.records`.
 
 Rebalances: streams of a partition keep running through a rebalance that gives the
 partition back to this worker (the refold only reports real differences); streams of a
@@ -21,10 +22,7 @@ nor past a record whose DLQ write failed (the next owner sends it again).
 
 from __future__ import annotations
 
-import base64
-import json
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,10 +33,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaTimeoutError
-from pydantic import ValidationError
 
-from ingest.urls import UnsupportedURLError, check_source_url
+from ingest.backoff import Backoff
 from worker.kafka_client import make_consumer, make_producer
+from worker.records import (
+    DLQ_MAX_KEY_BYTES,
+    MAX_ERROR_CHARS,
+    InvalidRecordError,
+    dlq_payload,
+    parse_record,
+)
 from worker.settings import KafkaSettings
 from worker.specs import StreamSpec
 
@@ -48,27 +52,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-DLQ_SCHEMA_VERSION = 1
-# Same rule as `StreamSpec.stream_id`: a key outside it never becomes a status key.
-_STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
-# A DLQ record must stay under the broker's 1 MB default even when JSON escapes it.
-_DLQ_MAX_VALUE_BYTES = 64 * 1024
-_DLQ_MAX_KEY_BYTES = 1024
-_MAX_ERROR_CHARS = 2000
 _POLL_TIMEOUT_MS = 500
 _MAX_POLL_RECORDS = 500
 _BROKER_CALL_TIMEOUT_MS = 10000
 _DLQ_FLUSH_TIMEOUT_S = 5.0
 _TOMBSTONE_QUEUE_SIZE = 10000
-
-
-class InvalidRecordError(ValueError):
-    """A record of the assignments topic that is not a valid stream assignment."""
-
-    def __init__(self, stream_id: str | None, reason: str) -> None:
-        super().__init__(reason)
-        self.stream_id = stream_id
-        self.reason = reason[:_MAX_ERROR_CHARS]
 
 
 @dataclass(frozen=True)
@@ -106,101 +94,8 @@ class WatcherStatus:
     dlq_records: int
     dlq_failures: int
     reconnects: int
+    rebalances: int  # assignments that changed the owned partitions
     last_error: str | None
-
-
-def parse_record(
-    key: bytes | None, value: bytes | None, *, allow_file: bool
-) -> tuple[str, StreamSpec | None]:
-    """`(stream_id, spec)` of one assignments record (spec None = tombstone), or raise
-    `InvalidRecordError` saying why (never with credentials in it)."""
-    if key is None:
-        raise InvalidRecordError(None, "record has no key; the key must be the stream_id")
-    try:
-        stream_id = key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRecordError(None, "key is not UTF-8; the key must be the stream_id") from None
-    if not _STREAM_ID_RE.match(stream_id):
-        raise InvalidRecordError(
-            None, "key is not a valid stream_id (1-200 characters of A-Z a-z 0-9 . _ : -)"
-        )
-    if value is None:
-        return stream_id, None
-    try:
-        document = json.loads(value.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRecordError(stream_id, "value is not UTF-8 JSON") from None
-    except json.JSONDecodeError as error:
-        raise InvalidRecordError(
-            stream_id, f"value is not JSON: {error.msg} at {error.pos}"
-        ) from None
-    except (ValueError, RecursionError) as error:
-        raise InvalidRecordError(
-            stream_id, f"value is not usable JSON: {type(error).__name__}"
-        ) from None
-    if not isinstance(document, dict):
-        raise InvalidRecordError(stream_id, "value must be a JSON object (a StreamSpec)")
-    try:
-        spec = StreamSpec.model_validate(document)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'value'}: {item['msg']}"
-            for item in error.errors(include_url=False, include_input=False, include_context=False)
-        )
-        raise InvalidRecordError(stream_id, f"invalid StreamSpec: {problems}") from None
-    if spec.stream_id != stream_id:
-        raise InvalidRecordError(
-            stream_id, f"key {stream_id!r} differs from stream_id {spec.stream_id!r} in the value"
-        )
-    try:
-        check_source_url(spec.url, allow_file=allow_file)
-    except UnsupportedURLError as error:
-        raise InvalidRecordError(stream_id, str(error)) from None
-    return stream_id, spec
-
-
-def _text_or_b64(raw: bytes | None, limit: int, name: str) -> dict[str, Any]:
-    """`{name: text}` when UTF-8, else `{name: None, name_b64: ...}`; cut at `limit` bytes."""
-    if raw is None:
-        return {name: None}
-    cut = raw[:limit]
-    fields: dict[str, Any] = {}
-    if len(raw) > limit:
-        fields[f"{name}_bytes"] = len(raw)
-        fields[f"{name}_truncated"] = True
-    try:
-        raw.decode("utf-8")
-        fields[name] = cut.decode("utf-8", errors="ignore")
-    except UnicodeDecodeError:
-        fields[name] = None
-        fields[f"{name}_b64"] = base64.b64encode(cut).decode("ascii")
-    return fields
-
-
-def dlq_payload(
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    reason: str,
-    worker_id: str,
-    time_s: float,
-) -> bytes:
-    """The JSON value written to the DLQ topic for one bad record."""
-    document = {
-        "schema_version": DLQ_SCHEMA_VERSION,
-        **_text_or_b64(key, _DLQ_MAX_KEY_BYTES, "key"),
-        **_text_or_b64(value, _DLQ_MAX_VALUE_BYTES, "value"),
-        "error": reason,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "worker_id": worker_id,
-        "time_s": time_s,
-    }
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
 @dataclass
@@ -268,16 +163,13 @@ class AssignmentWatcher:
         on_change: Callable[[DesiredChange], None],
         on_invalid: Callable[[str | None, str], None],
         allow_file: bool = False,
-        retry_initial_s: float = 0.5,
-        retry_max_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.allow_file = allow_file
         self._on_change = on_change
         self._on_invalid = on_invalid
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
+        self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kafka-assignments", daemon=True)
         self._lock = threading.Lock()
@@ -290,7 +182,14 @@ class AssignmentWatcher:
         self._partition_of: dict[str, int] = {}
         self._state = WatcherState.CONNECTING
         self._last_error: str | None = None
-        self._counts = {"records": 0, "invalid": 0, "dlq": 0, "dlq_failures": 0, "reconnects": 0}
+        self._counts = {
+            "records": 0,
+            "invalid": 0,
+            "dlq": 0,
+            "dlq_failures": 0,
+            "reconnects": 0,
+            "rebalances": 0,
+        }
         # Poll thread only.
         self._owned: set[TopicPartition] = set()
         self._folds: dict[TopicPartition, _Fold] = {}
@@ -351,24 +250,25 @@ class AssignmentWatcher:
                 dlq_records=self._counts["dlq"],
                 dlq_failures=self._counts["dlq_failures"],
                 reconnects=self._counts["reconnects"],
+                rebalances=self._counts["rebalances"],
                 last_error=self._last_error,
             )
 
     # -- the poll thread ------------------------------------------------------------
 
     def _run(self) -> None:
-        delay_s = self._retry_initial_s
         try:
             while not self._stopping.is_set():
                 try:
                     self._connect()
                     while not self._stopping.is_set():
                         self._poll_once()
-                        delay_s = self._retry_initial_s
+                        self._backoff.reset()
                 except Exception as error:
                     with self._lock:
-                        self._last_error = f"{type(error).__name__}: {error}"[:_MAX_ERROR_CHARS]
+                        self._last_error = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
                         self._counts["reconnects"] += 1
+                    delay_s = self._backoff.next_delay_s()
                     log.warning(
                         "kafka assignments: retrying",
                         error=self._last_error,
@@ -377,11 +277,10 @@ class AssignmentWatcher:
                     )
                     self._close_clients()
                     self._stopping.wait(delay_s)
-                    delay_s = min(delay_s * 2, self._retry_max_s)
         except BaseException as error:
             with self._lock:
                 self._state = WatcherState.FAILED
-                self._last_error = f"{type(error).__name__}: {error}"[:_MAX_ERROR_CHARS]
+                self._last_error = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
             log.exception("kafka-assignments thread died")
             raise
         finally:
@@ -473,6 +372,8 @@ class AssignmentWatcher:
         self._joined = True
         lost = self._owned - assigned
         with self._lock:
+            if assigned != self._owned:
+                self._counts["rebalances"] += 1
             for stream_id, partition in list(self._partition_of.items()):
                 if any(tp.partition == partition for tp in lost):
                     changes.touch(stream_id)
@@ -610,7 +511,7 @@ class AssignmentWatcher:
             time_s=time.time(),
         )
         key = (
-            record.key if record.key is not None and len(record.key) <= _DLQ_MAX_KEY_BYTES else None
+            record.key if record.key is not None and len(record.key) <= DLQ_MAX_KEY_BYTES else None
         )
         try:
             future = producer.send(self.settings.dlq_topic, key=key, value=payload)

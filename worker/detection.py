@@ -1,0 +1,117 @@
+"""The detector thread: frames of every stream → one RetinaFace batch → each stream's
+tracker and window builder → `WindowJob`s into the window queue.
+
+Input: each running stream's source queue (pulled with `StreamRecord.take_frames`,
+bounded by `FACESTREAM_SOURCE__QUEUE_FRAMES`; a live source drops its oldest frame, a
+file waits). Output: `WindowQueue.put` (bounded, `newest-per-track`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+
+from ingest.frames import Frame
+from ingest.pipeline import FaceDetector
+from ingest.windows import WindowRequests
+from worker.intake import StreamRecord, StreamTable
+from worker.metrics import Metrics
+from worker.scheduler import WindowJob, WindowQueue
+from worker.stage import StageThread
+
+log = structlog.get_logger(__name__)
+
+DETECTOR_FAILURES_IN_ROW = 10  # failed batches in a row before the thread gives up
+_IDLE_WAIT_S = 0.5  # the loop looks for finished sources at least this often
+
+
+class DetectionStage(StageThread):
+    """Thread `detector`; `wake` (shared with the sources) is set whenever a frame waits."""
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        streams: StreamTable,
+        queue: WindowQueue,
+        metrics: Metrics,
+        *,
+        max_batch: int,
+        wake: threading.Event,
+    ) -> None:
+        super().__init__("detector")
+        self.wake = wake
+        self._detector = detector
+        self._streams = streams
+        self._queue = queue
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._failures_in_row = 0
+
+    def stop(self) -> None:
+        """Ask the loop to end at its next turn."""
+        super().stop()
+        self.wake.set()
+
+    def run(self) -> None:
+        """Until stopped: take every waiting frame, detect in batches, flush ended streams."""
+        while not self.stopping.is_set():
+            self.wake.wait(_IDLE_WAIT_S)
+            self.wake.clear()
+            records = self._streams.active()
+            batch = [(record, frame) for record in records for frame in record.take_frames()]
+            for start in range(0, len(batch), self._max_batch):
+                self.detect_and_track(batch[start : start + self._max_batch])
+            for record in records:
+                if record.read_all and not record.flushed:
+                    self._flush(record)
+
+    def detect_and_track(self, batch: list[tuple[StreamRecord, Frame]]) -> None:
+        """Detect one batch and feed each stream's pipeline. A failing batch (say, out of
+        GPU memory) or frame is skipped and counted (`frames_skipped{reason=detector_error}`)
+        so one bad stream cannot stop detection for all; only failures
+        `DETECTOR_FAILURES_IN_ROW` batches in a row end the thread (and `/healthz` says so)."""
+        try:
+            detections = self._detector.detect([frame.image_bgr for _, frame in batch])
+        except Exception:
+            self._failures_in_row += 1
+            if self._failures_in_row >= DETECTOR_FAILURES_IN_ROW:
+                raise
+            log.exception("detector batch failed; its frames are skipped", frames=len(batch))
+            for record, _ in batch:
+                record.detector_errors += 1
+            return
+        self._failures_in_row = 0
+        self._metrics.detector_batch_size.observe(len(batch))
+        for (record, frame), dets in zip(batch, detections, strict=True):
+            assert record.pipeline is not None
+            try:
+                step = record.pipeline.update(frame, dets)
+            except Exception:
+                log.exception("tracking failed; frame skipped", stream_id=record.stream_id)
+                record.detector_errors += 1
+                continue
+            record.detected += 1
+            self.enqueue(record, step.windows)
+
+    def enqueue(self, record: StreamRecord, windows: list[WindowRequests]) -> None:
+        """Queue a stream's windows, unless the stream was stopped meanwhile (counted)."""
+        if not windows:
+            return
+        with self._streams.lock:  # a stopped stream's windows were dropped with it
+            if not self._streams.is_current(record):
+                self._queue.count_drop("stream_stopped", len(windows))
+                return
+            for window in windows:
+                self._queue.put(WindowJob(window, tuple(record.spec.tasks)))
+
+    def _flush(self, record: StreamRecord) -> None:
+        """A finite source ended: end its tracks and queue their last windows."""
+        assert record.pipeline is not None
+        try:
+            windows = record.pipeline.finish().windows
+        except Exception:
+            log.exception("last windows lost", stream_id=record.stream_id)
+            windows = []
+        self.enqueue(record, windows)
+        record.flushed = True
