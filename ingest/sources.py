@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import queue
 import random
 import threading
@@ -91,6 +92,12 @@ class SourceOptions(BaseModel):
     )
     give_up_after_failures: int = Field(
         0, ge=0, description="Live sources: fail after this many failed opens in a row (0 = never)."
+    )
+    max_pixels: int = Field(
+        3840 * 2160,
+        ge=64 * 64,
+        description="Larger frames are scaled down to this many pixels (aspect kept) while "
+        "decoding, before conversion to BGR.",
     )
 
     def with_sample_fps(self, sample_fps: float | None) -> SourceOptions:
@@ -205,6 +212,26 @@ def _ffmpeg_options(url: SourceURL, options: SourceOptions) -> dict[str, str]:
     elif url.scheme in ("http", "https"):
         opts |= {"timeout": socket_timeout_us, "rw_timeout": socket_timeout_us}
     return opts
+
+
+def scaled_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so width × height ≤ `max_pixels` (even sides)."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def _to_bgr(av_frame: Any, max_pixels: int) -> Any:
+    """The frame as a BGR uint8 array of at most `max_pixels` pixels.
+
+    A larger frame is scaled (area interpolation) in the same swscale pass that converts it
+    from the decoder's YUV, so a full-size BGR copy never exists.
+    """
+    width, height = scaled_size(av_frame.width, av_frame.height, max_pixels)
+    if (width, height) == (av_frame.width, av_frame.height):
+        return av_frame.to_ndarray(format="bgr24")
+    return av_frame.to_ndarray(format="bgr24", width=width, height=height, interpolation="AREA")
 
 
 class _Sampler:
@@ -575,7 +602,7 @@ class VideoSource:
                             index=index,
                             pts_s=pts_s,
                             wall_time_s=time.time(),
-                            image_bgr=av_frame.to_ndarray(format="bgr24"),
+                            image_bgr=_to_bgr(av_frame, self.options.max_pixels),
                         )
                         self._count("frames_sampled")
                         delivered = True
