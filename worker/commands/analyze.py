@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 WindowHandler = Callable[["WindowRequests"], list[dict[str, Any]]]
 
 ANALYZE_QUEUE_FRAMES = 64  # ≈ 45 MB of 640×360 frames: decoding runs ahead of torch start-up
+# ... but never more than this many bytes of frames at `source.max_pixels` (at least 2 frames).
+ANALYZE_QUEUE_BYTES = 512 * 2**20
 DETECT_BATCH_FRAMES = 8  # small: little latency, most of batching's gain on CPU
 
 
@@ -275,7 +277,10 @@ def track_record(stream_id: str, track: TrackRecord) -> dict[str, Any]:
 def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
     """Settings (env) with the command-line overrides; local files allowed."""
     # Local files allowed; a deeper frame queue lets decoding run ahead while torch loads.
-    source: dict[str, Any] = {"allow_file": True, "queue_frames": ANALYZE_QUEUE_FRAMES}
+    source: dict[str, Any] = {
+        "allow_file": True,
+        "queue_frames": analyze_queue_frames(settings.source.max_pixels),
+    }
     if args.fps is not None:
         source["sample_fps"] = args.fps
     windows = {
@@ -294,6 +299,12 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
             "detector": {**settings.detector.model_dump(), **detector},
         }
     )
+
+
+def analyze_queue_frames(max_pixels: int) -> int:
+    """Decode-ahead depth: `ANALYZE_QUEUE_FRAMES`, cut so the queue holds ≤ `ANALYZE_QUEUE_BYTES`
+    of the largest frames the source can deliver (max_pixels × 3 bytes of BGR each)."""
+    return max(2, min(ANALYZE_QUEUE_FRAMES, ANALYZE_QUEUE_BYTES // (max_pixels * 3)))
 
 
 def share_cpu_with_decoder(settings: Settings, source_is_live: bool) -> None:
