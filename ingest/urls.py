@@ -280,6 +280,9 @@ def _check_local_path(url: str, path: str) -> SourceURL:
     if path.lower().endswith(_PLAYLIST_SUFFIXES):
         raise _refuse(url, "local playlists and list files are not accepted")
     absolute = os.path.abspath(path)
+    if os.path.exists(absolute) and not os.path.isfile(absolute):
+        # A FIFO would block FFmpeg's open(2) for ever; devices and folders are not videos.
+        raise _refuse(url, "not a regular file (a FIFO, device or folder)")
     # "file:" keeps a local name that looks like "x:y" from being read as a protocol.
     return SourceURL("file", "file:" + absolute, is_live=False, redacted=absolute)
 

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from worker.commands.detect import CLI_GIVE_UP_AFTER_FAILURES
 from worker.commands.facellava_common import add_model_arguments
 
 if TYPE_CHECKING:
@@ -280,6 +281,9 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
     source: dict[str, Any] = {
         "allow_file": True,
         "queue_frames": analyze_queue_frames(settings.source.max_pixels),
+        # A camera that cannot be opened ends the command (exit 1) instead of waiting for ever.
+        "give_up_after_failures": settings.source.give_up_after_failures
+        or CLI_GIVE_UP_AFTER_FAILURES,
     }
     if args.fps is not None:
         source["sample_fps"] = args.fps
