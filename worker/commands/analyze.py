@@ -278,9 +278,12 @@ def track_record(stream_id: str, track: TrackRecord) -> dict[str, Any]:
 def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
     """Settings (env) with the command-line overrides; local files allowed."""
     # Local files allowed; a deeper frame queue lets decoding run ahead while torch loads.
+    max_pixels = settings.source.max_pixels
     source: dict[str, Any] = {
         "allow_file": True,
-        "queue_frames": analyze_queue_frames(settings.source.max_pixels),
+        "queue_frames": analyze_queue_frames(
+            min(_file_frame_pixels(args.source) or max_pixels, max_pixels)
+        ),
         # A camera that cannot be opened ends the command (exit 1) instead of waiting for ever.
         "give_up_after_failures": settings.source.give_up_after_failures
         or CLI_GIVE_UP_AFTER_FAILURES,
@@ -305,10 +308,27 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
     )
 
 
-def analyze_queue_frames(max_pixels: int) -> int:
+def analyze_queue_frames(frame_pixels: int) -> int:
     """Decode-ahead depth: `ANALYZE_QUEUE_FRAMES`, cut so the queue holds ≤ `ANALYZE_QUEUE_BYTES`
-    of the largest frames the source can deliver (max_pixels × 3 bytes of BGR each)."""
-    return max(2, min(ANALYZE_QUEUE_FRAMES, ANALYZE_QUEUE_BYTES // (max_pixels * 3)))
+    of frames of `frame_pixels` (the file's frame size, or `max_pixels` when unknown)."""
+    return max(2, min(ANALYZE_QUEUE_FRAMES, ANALYZE_QUEUE_BYTES // (frame_pixels * 3)))
+
+
+def _file_frame_pixels(source_url: str) -> int | None:
+    """Width × height of a local file's video (from its header); None for URLs or unknown."""
+    path = Path(source_url.removeprefix("file:"))
+    if "://" in source_url or not path.is_file():
+        return None
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.video:
+                context = container.streams.video[0].codec_context
+                return int(context.width * context.height) or None
+    except av.FFmpegError:
+        return None
+    return None
 
 
 def share_cpu_with_decoder(settings: Settings, source_is_live: bool) -> None:
