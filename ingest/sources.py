@@ -19,7 +19,7 @@ Pull from one consumer, blocking (one stream) or not (many streams, one thread):
   the `SourceError`; `start(wake=event)` sets `event` whenever a frame or the end arrives.
 - Files end: `frames()` returns at the end (state `done`). A missing, unreadable or
   corrupt file raises a `SourceError` from `frames()` (state `error`).
-- Live sources (rtsp/rtsps; http(s) without a known duration) never end on their own: a
+- Live sources (rtsp/rtsps; http(s) with neither a duration nor a size) never end: a
   failed open, a dropped connection or a stall (no frame for `stall_timeout_s`) leads to
   `reconnecting` and a new connection after an exponential backoff with jitter, until
   `close()`, or until `give_up_after_failures` opens failed in a row (then `frames()`
@@ -42,7 +42,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
+import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,6 +100,12 @@ class SourceOptions(BaseModel):
     )
     give_up_after_failures: int = Field(
         0, ge=0, description="Live sources: fail after this many failed opens in a row (0 = never)."
+    )
+    max_pixels: int = Field(
+        3840 * 2160,
+        ge=64 * 64,
+        description="Larger frames are scaled down to this many pixels (aspect kept) while "
+        "decoding, before conversion to BGR.",
     )
 
     def with_sample_fps(self, sample_fps: float | None) -> SourceOptions:
@@ -211,6 +220,60 @@ def _ffmpeg_options(url: SourceURL, options: SourceOptions) -> dict[str, str]:
     elif url.scheme in ("http", "https"):
         opts |= {"timeout": socket_timeout_us, "rw_timeout": socket_timeout_us}
     return opts
+
+
+def _is_finite(url: SourceURL, container: Any) -> bool:
+    """Whether an open source ends (file, VOD) rather than runs for ever (camera, live feed).
+
+    RTSP is live and files are finite. Over HTTP(S) a known duration means finite; a live
+    HLS playlist has none. Any other HTTP resource is finite when the server announced its
+    size (Content-Length: a file, served with or without Range support) and live when it
+    did not (a stream that is written as it is sent), so a finite MPEG-TS file is never
+    replayed as if it were a camera.
+    """
+    if url.is_live:
+        return False
+    if url.scheme not in ("http", "https") or container.duration is not None:
+        return True
+    if "hls" in container.format.name.split(","):
+        return False
+    return int(container.size) > 0
+
+
+def _check_regular_file(url: SourceURL) -> None:
+    """Refuse what is not a regular file (a FIFO would block FFmpeg's open for ever)."""
+    path = url.ffmpeg_url.removeprefix("file:")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SourceNotFoundError(f"{url.redacted}: not found; check the path") from None
+    except OSError as exc:
+        raise SourceOpenError(f"{url.redacted}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise SourceOpenError(
+            f"{url.redacted}: not a regular file (a FIFO, device or folder); "
+            "only video files can be read"
+        )
+
+
+def scaled_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, so width × height ≤ `max_pixels` (even sides)."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def _to_bgr(av_frame: Any, max_pixels: int) -> Any:
+    """The frame as a BGR uint8 array of at most `max_pixels` pixels.
+
+    A larger frame is scaled (area interpolation) in the same swscale pass that converts it
+    from the decoder's YUV, so a full-size BGR copy never exists.
+    """
+    width, height = scaled_size(av_frame.width, av_frame.height, max_pixels)
+    if (width, height) == (av_frame.width, av_frame.height):
+        return av_frame.to_ndarray(format="bgr24")
+    return av_frame.to_ndarray(format="bgr24", width=width, height=height, interpolation="AREA")
 
 
 class _Sampler:
@@ -496,8 +559,12 @@ class VideoSource:
         self._count("reconnects")
         delay_s = self._backoff.next_delay_s()
         self._set_state(SourceState.RECONNECTING, reason)
-        self._log.info(
-            "source.reconnect_wait", delay_s=round(delay_s, 3), attempt=self._backoff.attempt
+        # One warning per attempt, as it happens: an operator watching a CLI sees why.
+        self._log.warning(
+            "source.reconnecting",
+            reason=reason,
+            attempt=self._backoff.attempt,
+            delay_s=round(delay_s, 3),
         )
         if self._stop.wait(delay_s):
             raise _StopRequestedError
@@ -543,6 +610,8 @@ class VideoSource:
     def _open(self) -> Any:
         import av
 
+        if self.url.is_file:
+            _check_regular_file(self.url)
         started = time.monotonic()
         try:
             return av.open(
@@ -575,9 +644,7 @@ class VideoSource:
             stream.codec_context.thread_count = self.options.decode_threads
             rate = stream.average_rate or stream.guessed_rate or 25
             frame_interval_s = 1.0 / float(rate)
-            finite = not self.url.is_live and not (
-                self.url.scheme in ("http", "https") and container.duration is None
-            )
+            finite = _is_finite(self.url, container)
             sampler = self._sampler
             self._live = not finite
             self._timeline.reconnected()
@@ -622,7 +689,7 @@ class VideoSource:
                             index=index,
                             pts_s=pts_s,
                             wall_time_s=time.time(),
-                            image_bgr=av_frame.to_ndarray(format="bgr24"),
+                            image_bgr=_to_bgr(av_frame, self.options.max_pixels),
                         )
                         self._count("frames_sampled")
                         delivered = True

@@ -153,3 +153,106 @@ def test_tail_follows_only_new_events_in_pretty_lines(redis_server: RedisServer)
     assert len(lines) == 2
     assert " cam-1 track 7 emotion: happy  [1.6-3.2s] worker-a" in lines[0]
     assert " cam-1 track 3 action_units: AU6 cheek raiser, AU12 lip corner puller" in lines[1]
+
+
+# -- entries this version did not write ------------------------------------------------------
+
+
+def _write_raw_status(server: RedisServer, stream_id: bytes, fields: dict[bytes, bytes]) -> None:
+    client = server.client()
+    client.sadd(f"{PREFIX}:streams".encode(), stream_id)
+    client.hset(f"{PREFIX}:stream:".encode() + stream_id, mapping=fields)
+
+
+def test_status_shows_broken_entries_as_such_and_still_lists_the_others(
+    redis_server: RedisServer,
+) -> None:
+    now = time.time()
+    seed(
+        redis_server,
+        [],
+        [StreamStatus("good", StreamState.RUNNING, "worker-a", now, fps=5.0)],
+    )
+    _write_raw_status(
+        redis_server, b"a-fps", {b"state": b"running", b"fps": b"fast", b"updated_s": b"1"}
+    )
+    _write_raw_status(redis_server, b"b-huge", {b"state": b"running", b"updated_s": b"1e300"})
+    _write_raw_status(redis_server, b"c-nan", {b"state": b"done", b"updated_s": b"nan"})
+    _write_raw_status(redis_server, b"d-\xff\xfe", {b"state": b"\xffweird", b"error": b"\xc3\x28"})
+    _write_raw_status(
+        redis_server,
+        b"e-ansi",
+        {b"state": b"error", b"updated_s": repr(now).encode(), b"error": b"\x1b[31mred\x1b[0m\rX"},
+    )
+    redis_server.client().set(f"{PREFIX}:stream:f-string", "not a hash")
+    redis_server.client().sadd(f"{PREFIX}:streams", "f-string")
+
+    done = facestream("status", "--redis-url", redis_server.url, "--prefix", PREFIX)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "\x1b" not in done.stdout and "\r" not in done.stdout
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert set(rows) == {"a-fps", "b-huge", "c-nan", "d-\\xff\\xfe", "e-ansi", "f-string", "good"}
+    assert rows["good"].split()[:3] == ["good", "running", "5.0"]
+    assert "broken entry" not in rows["good"]
+    assert "fps 'fast' is not a number" in rows["a-fps"]
+    assert "updated_s '1e300' is not a Unix time" in rows["b-huge"]
+    assert "updated_s 'nan' is not a Unix time" in rows["c-nan"]
+    assert "unknown state" in rows["d-\\xff\\xfe"] and "\\xffweird" in rows["d-\\xff\\xfe"]
+    assert "\\u001b[31mred\\u001b[0m\\u000dX" in rows["e-ansi"]
+    assert "unreadable" in rows["f-string"] and "WRONGTYPE" in rows["f-string"]
+    assert "5 status entries unreadable" in done.stderr  # e-ansi is valid, only escaped
+
+    as_json = facestream("status", "--json", "--redis-url", redis_server.url, "--prefix", PREFIX)
+    assert as_json.returncode == 0, as_json.stderr
+    shown = {entry["stream_id"]: entry for entry in json.loads(as_json.stdout)}
+    assert shown["good"]["fps"] == 5.0 and "problems" not in shown["good"]
+    assert shown["b-huge"]["problems"] == ["updated_s '1e300' is not a Unix time"]
+    assert shown["e-ansi"]["error"] == "\x1b[31mred\x1b[0m\rX"  # JSON escapes it itself
+    assert "\x1b" not in as_json.stdout
+
+    one = facestream("status", "c-nan", "--redis-url", redis_server.url, "--prefix", PREFIX)
+    assert one.returncode == 0, one.stderr
+    assert "updated_s 'nan' is not a Unix time" in one.stdout
+
+
+def test_tail_from_start_gets_past_foreign_and_broken_entries(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    key = f"{PREFIX}:events"
+    good = make_event(0.0)
+    ansi = make_event(0.8).model_copy(update={"answer_text": "\x1b]0;pwned\x07\x1b[2Jtext"})
+    client.xadd(key, {"foo": "bar"})  # no event field
+    client.xadd(key, {"event": b"\xff\xfe{not json"})
+    huge_time = json.loads(good.model_dump_json()) | {"wall_time_s": 1e300}
+    client.xadd(key, {"event": json.dumps(huge_time)})
+    nan_time = good.model_dump_json().replace(
+        f'"wall_time_s":{good.wall_time_s}', '"wall_time_s":NaN'
+    )
+    assert "NaN" in nan_time
+    client.xadd(key, {"event": nan_time})
+    client.xadd(key, {"event": ansi.model_dump_json()})
+    client.xadd(key, {"event": good.model_dump_json()})
+
+    done = facestream(
+        "tail", "--from-start", "--count", "6", "--redis-url", redis_server.url,
+        "--prefix", PREFIX,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6
+    assert "without an 'event' field; fields: foo" in lines[0]
+    assert "(unreadable event) \\xff\\xfe{not json" in lines[1]
+    assert lines[2].startswith("(bad time 1e+300) cam-1 track 7 emotion")
+    assert lines[3].startswith("(bad time nan) cam-1 track 7 emotion")
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    assert " cam-1 track 7 emotion: happy " in lines[5]
+
+    raw = facestream(
+        "tail", "--from-start", "--json", "--count", "6", "--redis-url", redis_server.url,
+        "--prefix", PREFIX,
+    )  # fmt: skip
+    assert raw.returncode == 0, raw.stderr
+    raw_lines = raw.stdout.splitlines()
+    assert "\x1b" not in raw.stdout
+    assert FaceEvent.model_validate_json(raw_lines[5]) == good

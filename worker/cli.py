@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import signal
 import sys
+from types import FrameType
+
+# SIGTERM before a command installs its own handling: `worker` has started nothing yet and
+# exits 0 (as its own handler does while models load); any other command exits 143.
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 COMMAND_MODULES = (
     "detect",
@@ -55,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `facestream` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    previous = _handle_sigterm_from_here(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except Exception as exc:
         if not is_user_error(exc):
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         # Every output is closed by now; the interpreter's last collection would walk
         # torch's whole object graph (~0.3 s of a short `analyze`) for nothing.
         gc.freeze()
@@ -85,6 +94,27 @@ def is_user_error(exc: BaseException) -> bool:
 def one_line(message: str) -> str:
     """A message with its line breaks and runs of spaces folded into single spaces."""
     return " ".join(message.split())
+
+
+def _handle_sigterm_from_here(argv: list[str]) -> signal.Handlers | None:
+    """Install the early SIGTERM handler (the first thing `main` does); returns the old one.
+
+    Importing torch and the models takes seconds; without this a SIGTERM then would kill
+    the process by the signal (-15). `worker` replaces it once it can stop gracefully.
+    """
+    import os
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None  # signals can only be handled in the main thread (an embedding caller)
+    is_worker = next((a for a in argv if not a.startswith("-")), None) == "worker"
+
+    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        if is_worker:
+            os._exit(0)  # nothing started, nothing to flush
+        raise SystemExit(EXIT_TERMINATED)
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from types import TracebackType
 
 import structlog
 
+from ingest.urls import scrub_secrets
+
 THIRD_PARTY_MIN_LEVEL = logging.WARNING
 """Dependencies' records below this level are dropped (unless our level is higher)."""
 REPEAT_INTERVAL_S = 10.0
@@ -121,7 +123,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
@@ -135,6 +137,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
     )
@@ -174,3 +177,14 @@ def _log_uncaught_exceptions() -> None:
 
     sys.excepthook = main_hook
     threading.excepthook = thread_hook
+
+
+def redact_secrets(
+    _logger: object, _method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """structlog processor: every string in a log line (tracebacks included) goes through
+    `ingest.urls.scrub_secrets`, so a URL that slipped into a message shows redacted."""
+    return {
+        key: scrub_secrets(value) if isinstance(value, str) else value
+        for key, value in event_dict.items()
+    }

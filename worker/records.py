@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ingest.urls import UnsupportedURLError, check_source_url
+from ingest.urls import UnsupportedURLError, check_source_url, redact_record_value, scrub_secrets
 from worker.specs import STREAM_ID_RULE, StreamSpec, is_stream_id, validation_problems
 
 DLQ_SCHEMA_VERSION = 1
@@ -106,12 +106,13 @@ def dlq_payload(
     worker_id: str,
     time_s: float,
 ) -> bytes:
-    """The JSON value written to the DLQ topic for one bad record."""
+    """The JSON value written to the DLQ topic for one bad record, credentials redacted
+    (the key, the value and the reason)."""
     document = {
         "schema_version": DLQ_SCHEMA_VERSION,
-        **_text_or_b64(key, DLQ_MAX_KEY_BYTES, "key"),
-        **_text_or_b64(value, DLQ_MAX_VALUE_BYTES, "value"),
-        "error": reason,
+        **_text_or_b64(redact_record_value(key), DLQ_MAX_KEY_BYTES, "key"),
+        **_text_or_b64(redact_record_value(value), DLQ_MAX_VALUE_BYTES, "value"),
+        "error": scrub_secrets(reason),
         "topic": topic,
         "partition": partition,
         "offset": offset,

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from worker.commands.detect import CLI_GIVE_UP_AFTER_FAILURES
 from worker.commands.facellava_common import add_model_arguments
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 WindowHandler = Callable[["WindowRequests"], list[dict[str, Any]]]
 
 ANALYZE_QUEUE_FRAMES = 64  # ≈ 45 MB of 640×360 frames: decoding runs ahead of torch start-up
+# ... but never more than this many bytes of frames at `source.max_pixels` (at least 2 frames).
+ANALYZE_QUEUE_BYTES = 512 * 2**20
 DETECT_BATCH_FRAMES = 8  # small: little latency, most of batching's gain on CPU
 
 
@@ -333,7 +336,16 @@ def track_record(stream_id: str, track: TrackRecord) -> dict[str, Any]:
 def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings:
     """Settings (env) with the command-line overrides; local files allowed."""
     # Local files allowed; a deeper frame queue lets decoding run ahead while torch loads.
-    source: dict[str, Any] = {"allow_file": True, "queue_frames": ANALYZE_QUEUE_FRAMES}
+    max_pixels = settings.source.max_pixels
+    source: dict[str, Any] = {
+        "allow_file": True,
+        "queue_frames": analyze_queue_frames(
+            min(_file_frame_pixels(args.source) or max_pixels, max_pixels)
+        ),
+        # A camera that cannot be opened ends the command (exit 1) instead of waiting for ever.
+        "give_up_after_failures": settings.source.give_up_after_failures
+        or CLI_GIVE_UP_AFTER_FAILURES,
+    }
     if args.fps is not None:
         source["sample_fps"] = args.fps
     windows = {
@@ -352,6 +364,29 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
             "detector": {**settings.detector.model_dump(), **detector},
         }
     )
+
+
+def analyze_queue_frames(frame_pixels: int) -> int:
+    """Decode-ahead depth: `ANALYZE_QUEUE_FRAMES`, cut so the queue holds ≤ `ANALYZE_QUEUE_BYTES`
+    of frames of `frame_pixels` (the file's frame size, or `max_pixels` when unknown)."""
+    return max(2, min(ANALYZE_QUEUE_FRAMES, ANALYZE_QUEUE_BYTES // (frame_pixels * 3)))
+
+
+def _file_frame_pixels(source_url: str) -> int | None:
+    """Width × height of a local file's video (from its header); None for URLs or unknown."""
+    path = Path(source_url.removeprefix("file:"))
+    if "://" in source_url or not path.is_file():
+        return None
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.video:
+                context = container.streams.video[0].codec_context
+                return int(context.width * context.height) or None
+    except av.FFmpegError:
+        return None
+    return None
 
 
 def share_cpu_with_decoder(settings: Settings, source_is_live: bool) -> None:

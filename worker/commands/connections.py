@@ -95,19 +95,36 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", help="key prefix (default: settings' redis.prefix)")
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printable character (ESC, CR, bidi overrides, ...) written as a
+    `\\uXXXX` escape, so nothing read from Redis can move the cursor or recolour a terminal."""
+    return "".join(
+        ch
+        if ch.isprintable()
+        else (f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        for ch in text
+    )
+
+
+def decode_text(raw: bytes | str) -> str:
+    """Bytes from Redis as text; bytes that are not UTF-8 show as `\\xNN`."""
+    return raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
+
+
 def report_unreachable(url: str, error: Exception) -> int:
     """Say (redacted) that Redis did not answer or answered with an error; its exit status."""
     import redis
 
-    from ingest.urls import redact_url
+    from ingest.urls import redact_url, scrub_secrets
 
     what = (
         "cannot reach Redis at"
         if isinstance(error, redis.ConnectionError | redis.TimeoutError)
         else "error reply from Redis at"
     )
+    message = f"{what} {redact_url(url)}: {scrub_secrets(str(error), url)}"
     print(
-        f"{what} {redact_url(url)}: {error} (set --redis-url or FACESTREAM_REDIS__URL)",
+        printable(f"{message} (set --redis-url or FACESTREAM_REDIS__URL)"),
         file=sys.stderr,
     )
     return EXIT_REDIS_UNREACHABLE

@@ -118,13 +118,22 @@ def run(args: argparse.Namespace) -> int:
 
 # Sampling here is by count (every Nth decoded frame), so the source keeps every frame.
 _EVERY_FRAME_FPS = 1e6
+# A one-shot command on a live source that cannot be opened exits (1) after this many failed
+# opens in a row, unless FACESTREAM_SOURCE__GIVE_UP_AFTER_FAILURES sets another number.
+CLI_GIVE_UP_AFTER_FAILURES = 3
 
 
 def _frames(source: str, every: int, options: SourceOptions) -> Iterator[Frame]:
     """Every `every`-th decoded frame of `source` (local files allowed: operator command)."""
     from ingest.sources import VideoSource
 
-    options = options.model_copy(update={"allow_file": True, "sample_fps": _EVERY_FRAME_FPS})
+    options = options.model_copy(
+        update={
+            "allow_file": True,
+            "sample_fps": _EVERY_FRAME_FPS,
+            "give_up_after_failures": options.give_up_after_failures or CLI_GIVE_UP_AFTER_FAILURES,
+        }
+    )
     for frame in VideoSource(source, options, stream_id="detect").frames():
         if frame.index % every == 0:
             yield frame

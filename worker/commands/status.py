@@ -1,24 +1,39 @@
-"""`facestream status [ID]`: the health of every stream (a table), or of one stream."""
+"""`facestream status [ID]`: the health of every stream (a table), or of one stream.
+
+Entries this version did not write (a foreign or broken hash: unknown state, a number that
+is not one, a time of 1e300, bytes that are not UTF-8, a key of the wrong type) are shown
+as such, row by row: one bad entry never hides the others. Everything printed passes
+through `printable`, so control characters (ANSI escapes) reach the terminal as `\\u001b`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
-from dataclasses import asdict
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from worker.commands.connections import (
-    EXIT_REDIS_UNREACHABLE,
     add_redis_arguments,
+    decode_text,
+    printable,
     report_unreachable,
 )
 
 if TYPE_CHECKING:
+    import redis
+
+    from worker.redis_keys import RedisKeys
     from worker.status import StreamStatus
 
 EXIT_NOT_FOUND = 1
+
+# A Unix time past this (year 5138) or before 0 is not a time a worker wrote.
+_MAX_UNIX_S = 1e11
+_MAX_FPS = 1e6
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,77 +49,181 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+@dataclass(frozen=True)
+class StatusEntry:
+    """One stream's status hash as read: the parsed status, or what is wrong with it."""
+
+    stream_id: str
+    status: StreamStatus | None
+    fields: dict[str, str] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The status fields (as before) for a good entry; raw fields and problems otherwise."""
+        if self.status is not None and not self.problems:
+            return asdict(self.status)
+        return {"stream_id": self.stream_id, "problems": list(self.problems), "raw": self.fields}
+
+
+def parse_status(stream_id: str, fields: dict[str, str]) -> StatusEntry:
+    """A `StatusEntry` from a decoded hash; every field that does not parse is a problem."""
+    from worker.status import StreamState, StreamStatus
+
+    problems: list[str] = []
+
+    def number(name: str, low: float, high: float, what: str) -> float | None:
+        text = fields.get(name, "")
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            problems.append(f"{name} {text[:40]!r} is not a number")
+            return None
+        if not math.isfinite(value) or not low <= value <= high:
+            problems.append(f"{name} {text[:40]!r} is not {what}")
+            return None
+        return value
+
+    state_text = fields.get("state", "")
+    try:
+        state = StreamState(state_text)
+    except ValueError:
+        problems.append(f"unknown state {state_text[:40]!r}")
+        state = None
+    fps = number("fps", 0.0, _MAX_FPS, "a frame rate")
+    updated_s = number("updated_s", 0.0, _MAX_UNIX_S, "a Unix time")
+    last_frame_s = number("last_frame_wall_s", 0.0, _MAX_UNIX_S, "a Unix time")
+    if "updated_s" not in fields:
+        problems.append("no updated_s")
+    status = StreamStatus(
+        stream_id=stream_id,
+        state=state if state is not None else StreamState.ERROR,
+        worker_id=fields.get("worker_id", ""),
+        updated_s=updated_s or 0.0,
+        url=fields.get("url", ""),
+        fps=fps,
+        last_frame_wall_s=last_frame_s,
+        error=fields.get("error", ""),
+    )
+    return StatusEntry(stream_id, None if state is None else status, fields, tuple(problems))
+
+
+def read_statuses(
+    client: redis.Redis, keys: RedisKeys, stream_id: str | None = None
+) -> list[StatusEntry]:
+    """Every stream named in `{p}:streams` that has a status hash (or just `stream_id`),
+    sorted by id; a hash that cannot be read becomes an entry with its problem."""
+    import redis as redis_lib
+
+    raw_ids: list[bytes] = (
+        [stream_id.encode()] if stream_id is not None else list(client.smembers(keys.streams))
+    )
+    raw_ids.sort()
+    prefix = keys.stream("").encode()
+    pipe = client.pipeline(transaction=False)
+    for raw_id in raw_ids:
+        pipe.hgetall(prefix + raw_id)
+    entries = []
+    for raw_id, reply in zip(raw_ids, pipe.execute(raise_on_error=False), strict=True):
+        shown_id = decode_text(raw_id)
+        if isinstance(reply, redis_lib.ResponseError):
+            entries.append(StatusEntry(shown_id, None, {}, (f"unreadable: {reply}",)))
+            continue
+        if not reply:  # the set may still name a stream whose hash expired
+            continue
+        fields = {decode_text(k): decode_text(v) for k, v in reply.items()}
+        entry = parse_status(shown_id, fields)
+        if isinstance(raw_id, bytes) and shown_id.encode("utf-8", errors="replace") != raw_id:
+            entry = StatusEntry(
+                entry.stream_id, entry.status, entry.fields, (*entry.problems, "id is not UTF-8")
+            )
+        entries.append(entry)
+    return entries
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the status table or one stream's status; 1 if the stream is unknown."""
     import redis
 
     from worker.redis_keys import RedisKeys
     from worker.settings import Settings
-    from worker.status import StatusFormatError, StreamStatusReader
 
     settings = Settings().redis
     url = args.redis_url or settings.url
     keys = RedisKeys(args.prefix or settings.prefix)
-    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
-    reader = StreamStatusReader(client, keys)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)  # bytes: see decode_text
     try:
-        if args.stream_id is not None:
-            status = reader.get(args.stream_id)
-            if status is None:
-                print(
-                    f"no status for stream {args.stream_id!r} under prefix {keys.prefix!r} "
-                    "(unknown, or its status expired)",
-                    file=sys.stderr,
-                )
-                return EXIT_NOT_FOUND
-            _print_one(status, as_json=args.json)
-            return 0
-        statuses = reader.list_all()
+        entries = read_statuses(client, keys, args.stream_id)
     except redis.RedisError as exc:  # unreachable, timed out, or an unexpected reply
         return report_unreachable(url, exc)
-    except StatusFormatError as exc:
-        print(f"unreadable status in Redis: {exc}", file=sys.stderr)
-        return EXIT_REDIS_UNREACHABLE
     finally:
         client.close()
+    if args.stream_id is not None:
+        if not entries:
+            print(
+                printable(
+                    f"no status for stream {args.stream_id!r} under prefix {keys.prefix!r} "
+                    "(unknown, or its status expired)"
+                ),
+                file=sys.stderr,
+            )
+            return EXIT_NOT_FOUND
+        _print_one(entries[0], as_json=args.json)
+        return 0
     if args.json:
-        print(json.dumps([asdict(s) for s in statuses], indent=2))
-    elif not statuses:
-        print(f"no streams known under prefix {keys.prefix!r}", file=sys.stderr)
+        print(json.dumps([e.to_json() for e in entries], indent=2))  # ASCII: escapes all
+    elif not entries:
+        print(printable(f"no streams known under prefix {keys.prefix!r}"), file=sys.stderr)
     else:
-        _print_table(statuses)
+        _print_table(entries)
+    broken = sum(1 for e in entries if e.problems)
+    if broken:
+        print(f"{broken} status entr{'y' if broken == 1 else 'ies'} unreadable", file=sys.stderr)
     return 0
 
 
-def _print_one(status: StreamStatus, as_json: bool) -> None:
-    fields = asdict(status)
+def _print_one(entry: StatusEntry, as_json: bool) -> None:
+    fields = entry.to_json()
     if as_json:
         print(json.dumps(fields, indent=2))
         return
-    width = max(len(name) for name in fields)
-    for name, value in fields.items():
-        print(f"{name:<{width}}  {'' if value is None else value}".rstrip())
+    flat = {k: v for k, v in fields.items() if k != "raw"} | fields.get("raw", {})
+    width = max(len(printable(name)) for name in flat)
+    for name, value in flat.items():
+        shown = "" if value is None else value
+        if isinstance(shown, list):
+            shown = "; ".join(shown)
+        print(printable(f"{printable(name):<{width}}  {shown}").rstrip())
 
 
 def _age(now_s: float, then_s: float | None) -> str:
     return "-" if not then_s else f"{max(0.0, now_s - then_s):.1f}s"
 
 
-def _print_table(statuses: list[StreamStatus]) -> None:
+def _print_table(entries: list[StatusEntry]) -> None:
     now_s = time.time()
     header = ("STREAM", "STATE", "FPS", "LAST FRAME", "UPDATED", "WORKER", "ERROR")
-    rows = [
-        (
-            s.stream_id,
-            str(s.state),
-            "-" if s.fps is None else f"{s.fps:.1f}",
-            _age(now_s, s.last_frame_wall_s),
-            _age(now_s, s.updated_s),
-            s.worker_id,
-            s.error,
-        )
-        for s in statuses
-    ]
+    rows = []
+    for entry in entries:
+        s = entry.status
+        if s is None:
+            state = "?" + entry.fields.get("state", "")[:20]
+            row = (entry.stream_id, state, "-", "-", "-", entry.fields.get("worker_id", ""), "")
+        else:
+            row = (
+                s.stream_id,
+                str(s.state),
+                "-" if s.fps is None else f"{s.fps:.1f}",
+                _age(now_s, s.last_frame_wall_s),
+                _age(now_s, s.updated_s),
+                s.worker_id,
+                s.error,
+            )
+        if entry.problems:
+            note = "[broken entry: " + "; ".join(entry.problems) + "]"
+            row = (*row[:-1], f"{note} {row[-1]}".rstrip())
+        rows.append(tuple(printable(cell) for cell in row))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     for row in (header, *rows):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]

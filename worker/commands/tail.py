@@ -1,13 +1,24 @@
-"""`facestream tail`: follow the events stream in Redis, one line per event."""
+"""`facestream tail`: follow the events stream in Redis, one line per event.
+
+An entry this version cannot read (no `event` field, bytes that are not UTF-8, JSON of
+another schema, a time of 1e300 or NaN) is printed as such and skipped past, so one bad
+entry never stops the tail; everything printed passes through `printable`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from worker.commands.connections import add_redis_arguments, report_unreachable
+from worker.commands.connections import (
+    add_redis_arguments,
+    decode_text,
+    printable,
+    report_unreachable,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -47,19 +58,24 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings().redis
     url = args.redis_url or settings.url
     key = RedisKeys(args.prefix or settings.prefix).events
-    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)  # bytes: see decode_text
     printed = 0
     try:
         last_id = "0-0" if args.from_start else _newest_id(client, key)
-        print(f"following {key} after {last_id} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        print(
+            printable(f"following {key} after {last_id} (Ctrl-C to stop)"),
+            file=sys.stderr,
+            flush=True,
+        )
         while args.count is None or printed < args.count:
             replies = client.xread({key: last_id}, count=READ_COUNT, block=BLOCK_MS)
             for _stream, entries in replies or ():
-                for entry_id, fields in entries:
-                    last_id = entry_id
+                for raw_id, raw_fields in entries:
+                    last_id = decode_text(raw_id)
+                    fields = {decode_text(k): decode_text(v) for k, v in raw_fields.items()}
                     if args.stream is not None and fields.get("stream_id") != args.stream:
                         continue
-                    print(fields["event"] if args.json else format_event_line(fields), flush=True)
+                    print(printable(entry_line(last_id, fields, args.json)), flush=True)
                     printed += 1
                     if args.count is not None and printed >= args.count:
                         return 0
@@ -73,7 +89,15 @@ def run(args: argparse.Namespace) -> int:
 def _newest_id(client: redis.Redis, key: str) -> str:
     """The id of the newest entry, so only later events are shown ("0-0" when empty)."""
     newest = client.xrevrange(key, count=1)
-    return newest[0][0] if newest else "0-0"
+    return decode_text(newest[0][0]) if newest else "0-0"
+
+
+def entry_line(entry_id: str, fields: dict[str, str], as_json: bool) -> str:
+    """What to print for one stream entry: its event (raw JSON or a line), or what is wrong."""
+    if "event" not in fields:
+        names = ", ".join(sorted(fields))[:120]
+        return f"{entry_id} (foreign entry without an 'event' field; fields: {names})"
+    return fields["event"] if as_json else format_event_line(fields)
 
 
 def format_event_line(fields: dict[str, str]) -> str:
@@ -84,16 +108,26 @@ def format_event_line(fields: dict[str, str]) -> str:
 
     try:
         event = FaceEvent.model_validate_json(fields["event"])
-    except ValidationError:  # written by another schema version: show what we can
+    except (ValidationError, ValueError):  # another schema version or not JSON: show what we can
         return (
             f"{fields.get('stream_id', '?')} track {fields.get('track_id', '?')} "
             f"{fields.get('task', '?')}: (unreadable event) {fields['event'][:120]}"
         )
-    clock = time.strftime("%H:%M:%S", time.localtime(event.wall_time_s))
     return (
-        f"{clock} {event.stream_id} track {event.track_id} {event.task}: {summarize(event)}"
-        f"  [{event.window_start_s:.1f}-{event.window_end_s:.1f}s] {event.worker_id}"
+        f"{_clock(event.wall_time_s)} {event.stream_id} track {event.track_id} {event.task}: "
+        f"{summarize(event)}  [{event.window_start_s:.1f}-{event.window_end_s:.1f}s] "
+        f"{event.worker_id}"
     )
+
+
+def _clock(unix_s: float) -> str:
+    """Local `HH:MM:SS`, or `(bad time 1e+300)` for a value that is no time."""
+    try:
+        if not math.isfinite(unix_s):
+            raise ValueError
+        return time.strftime("%H:%M:%S", time.localtime(unix_s))
+    except (ValueError, OverflowError, OSError):
+        return f"(bad time {unix_s:g})"
 
 
 def summarize(event: FaceEvent) -> str:
