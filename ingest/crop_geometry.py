@@ -108,3 +108,21 @@ def centered_square_xyxy(
     x0, y0 = round((x1 + x2) / 2 - side / 2), round((y1 + y2) / 2 - side / 2)
     side_px = max(round(side), 1)
     return x0, y0, x0 + side_px, y0 + side_px
+
+
+def frame_region_xyxy(
+    box_xyxy: np.ndarray | tuple[float, ...],
+    frame_wh: tuple[int, int],
+    mode: CropMode = "facellava",
+    margin: float = 0.25,
+) -> tuple[int, int, int, int]:
+    """The part of the frame a face's crop shows, in frame pixels, for any mode.
+
+    `crop_region_xyxy` for the clamped modes; the in-frame part of the square for
+    `centered`. Empty (x0 >= x1 or y0 >= y1) when the crop misses the frame.
+    """
+    if mode != "centered":
+        return crop_region_xyxy(box_xyxy, frame_wh, mode)
+    x0, y0, x1, y1 = centered_square_xyxy(box_xyxy, margin)
+    frame_w, frame_h = frame_wh
+    return max(x0, 0), max(y0, 0), min(x1, frame_w), min(y1, frame_h)
