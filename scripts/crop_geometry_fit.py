@@ -48,7 +48,9 @@ class MatchedFaces:
 
     `ours_xyxy` (N, 4) our boxes, `theirs_crop_xyxy` (N, 4) their crop regions, for the
     N matched faces; `frame_wh` the frame size; `unmatched` how many of theirs found no
-    face of ours.
+    face of ours. `keypoint_gap` (N,): how far their eye midpoint and mouth keypoint lie
+    from ours (the larger, over our eye–mouth distance); `faces_in_frame` (N,): how many
+    faces their detector found in that frame (their tool keeps frames with exactly one).
     """
 
     name: str
@@ -56,6 +58,8 @@ class MatchedFaces:
     ours_xyxy: np.ndarray
     theirs_crop_xyxy: np.ndarray
     unmatched: int
+    keypoint_gap: np.ndarray
+    faces_in_frame: np.ndarray
 
     @property
     def total(self) -> int:
@@ -104,8 +108,8 @@ def detect_video(
 
 def their_faces(
     reference: Path, mirror: bool = False, scale: float = 1.0
-) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Per frame, (box xyxy, crop xyxy) of each face of the authors' detector.
+) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Per frame, (box xyxy, crop xyxy, keypoints (6, 2)) of each face of the authors' detector.
 
     With `mirror`/`scale`, their box is transformed and their crop recomputed from it by
     their own rule, as their tool would on the transformed frame (their detector assumed
@@ -121,12 +125,14 @@ def their_faces(
             x, y, w, h = (float(v) for v in face["origin_xywh"])
             box = np.array([x, y, x + w, y + h])
             crop = np.array(face["crop_xyxy"], np.float64)
+            keypoints = np.array(face["keypoints"], np.float64)
             if mirror or scale != 1.0:
                 if mirror:
                     box = np.array([width - box[2], box[1], width - box[0], box[3]])
-                box = box * scale
+                    keypoints[:, 0] = width - keypoints[:, 0]
+                box, keypoints = box * scale, keypoints * scale
                 crop = np.array(_authors_cut(box, frame_wh), np.float64)
-            faces.append((box, crop))
+            faces.append((box, crop, keypoints))
         frames.append(faces)
     return frames
 
@@ -140,17 +146,17 @@ def _authors_cut(box: np.ndarray, frame_wh: tuple[int, int]) -> tuple[int, int, 
 
 def match_faces(
     name: str,
-    theirs: list[list[tuple[np.ndarray, np.ndarray]]],
+    theirs: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
     ours: list[Detections],
     frame_wh: tuple[int, int],
 ) -> MatchedFaces:
     """Pair each of their faces with one of ours per frame (box IoU, greedy, ≥ 0.3)."""
     if len(theirs) != len(ours):
         raise ValueError(f"{name}: {len(theirs)} reference frames but {len(ours)} decoded")
-    ours_rows, crops, unmatched = [], [], 0
+    ours_rows, crops, gaps, counts, unmatched = [], [], [], [], 0
     for their_frame, detections in zip(theirs, ours, strict=True):
         pairs = []
-        for i, (box, _) in enumerate(their_frame):
+        for i, (box, _, _) in enumerate(their_frame):
             if len(detections):
                 ious = box_iou(np.repeat(box[None], len(detections), 0), detections.xyxy)
                 pairs += [(float(v), i, j) for j, v in enumerate(ious) if v >= MATCH_MIN_BOX_IOU]
@@ -163,6 +169,8 @@ def match_faces(
             used_ours.add(j)
             ours_rows.append(detections.xyxy[j].astype(np.float64))
             crops.append(their_frame[i][1])
+            gaps.append(_keypoint_gap(detections.landmarks[j], their_frame[i][2]))
+            counts.append(len(their_frame))
         unmatched += len(their_frame) - len(used_theirs)
     return MatchedFaces(
         name=name,
@@ -170,7 +178,22 @@ def match_faces(
         ours_xyxy=np.array(ours_rows).reshape(-1, 4),
         theirs_crop_xyxy=np.array(crops).reshape(-1, 4),
         unmatched=unmatched,
+        keypoint_gap=np.array(gaps),
+        faces_in_frame=np.array(counts),
     )
+
+
+def _keypoint_gap(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """Their eye midpoint and mouth vs ours (the larger), over our eye–mouth distance.
+
+    Both lists start with the two eyes; ours has the mouth corners at 3 and 4, theirs
+    the mouth centre at 3.
+    """
+    our_eyes, our_mouth = ours[:2].mean(0), ours[3:5].mean(0)
+    scale = max(float(np.linalg.norm(our_mouth - our_eyes)), 1e-6)
+    eyes_gap = np.linalg.norm(theirs[:2].mean(0) - our_eyes)
+    mouth_gap = np.linalg.norm(theirs[3] - our_mouth)
+    return float(max(eyes_gap, mouth_gap) / scale)
 
 
 def crop_ious(faces: MatchedFaces, mode: CropMode = "facellava") -> np.ndarray:
@@ -275,6 +298,21 @@ def main() -> None:
         f"  all faces: mean {every.mean():.3f}  p10 {np.percentile(every, 10):.3f}  "
         f"unmatched {unmatched}/{total} ({100 * unmatched / total:.1f} %)"
     )
+    print("where the two detectors disagree (Hamilton clip, committed geometry):")
+    hamilton = clips[0]
+    ious = crop_ious(hamilton)
+    apart = hamilton.keypoint_gap > 0.3
+    print(
+        f"  their keypoints > 0.3 eye-mouth distances from ours on {100 * apart.mean():.0f} % "
+        f"of matched faces; IoU there {ious[apart].mean():.3f}, elsewhere {ious[~apart].mean():.3f}"
+    )
+    for count in (1, 2, 3):
+        kept = hamilton.faces_in_frame == count
+        if kept.any():
+            print(
+                f"  frames with {count} face(s) of theirs: {kept.sum()} faces, "
+                f"mean IoU {ious[kept].mean():.3f}"
+            )
     centre_dy, side_scale = fit(clips)
     print(f"fit on all three clips: centre_dy {centre_dy}, side_scale {side_scale}")
     for clip in clips:
