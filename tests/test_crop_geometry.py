@@ -17,6 +17,7 @@ from ingest.crop_geometry import (
     blazeface_box_xyxy,
     centered_square_xyxy,
     crop_region_xyxy,
+    frame_region_xyxy,
 )
 from models.retinaface import DetectorOptions, RetinaFaceDetector
 from scripts.crop_geometry_fit import MatchedFaces, crop_ious, load_clips
@@ -59,6 +60,10 @@ def test_regions_of_faces_at_the_frame_edge_stay_inside_the_frame() -> None:
             assert 0 <= x0 < x1 <= 639 and 0 <= y0 < y1 <= 359
     x0, y0, x1, y1 = centered_square_xyxy((100, 50, 160, 130), margin=0.25)
     assert (x0, y0, x1, y1) == (70, 30, 190, 150)
+    # What `detect` prints for a centred crop: its in-frame part.
+    assert frame_region_xyxy((610, 340, 650, 380), (640, 360), "centered") == (600, 330, 640, 360)
+    box = (100.0, 50.0, 160.0, 130.0)
+    assert frame_region_xyxy(box, (640, 360)) == crop_region_xyxy(box, (640, 360))
     with pytest.raises(ValueError, match="centered_square_xyxy"):
         crop_region_xyxy((0, 0, 1, 1), (640, 360), "centered")
     with pytest.raises(ValueError, match="crop mode"):
