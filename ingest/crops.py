@@ -1,41 +1,27 @@
 """Face crops the Face-LLaVA way, and a quality score to pick a window's best crop.
 
-`facellava` mode reproduces the authors' cropping tool: a square of side (w + h) / 2
-whose top-left corner is the box's top-left corner (no margin), resized to S×S. The
-model was trained on such crops; other crops shift its inputs. `centered` mode cuts a
-square of side max(w, h)·(1 + 2·margin) centred on the box, for people who look at
-crops. Parts of the square outside the frame are black. Crops are RGB uint8.
+Where a crop is cut is `ingest/crop_geometry.py`. In `facellava` (the default) and
+`box_corner` mode the cut is the authors': clamped at the frame edges (a cut at an edge
+is not square and is stretched, never padded) and resized to S×S with bilinear
+interpolation (OpenCV's default, as in their tool), whatever the face size. `centered`
+crops, for people who look at them, stay square: parts outside the frame are black and
+large faces are shrunk with area interpolation. Crops are RGB uint8.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
 
-CropMode = Literal["facellava", "centered"]
+from ingest.crop_geometry import CropMode, centered_square_xyxy, crop_region_xyxy
 
 # Quality weights (sum to 1) and scales; see `crop_quality`.
 _QUALITY_WEIGHTS = {"detector": 0.2, "size": 0.25, "frontal": 0.3, "sharpness": 0.25}
 _FULL_SIZE_PX = 112.0  # a face this tall or taller gets the full size score
 _SHARPNESS_HALF = 100.0  # variance of Laplacian that scores 0.5
-
-
-def crop_square_xyxy(
-    box_xyxy: np.ndarray | tuple[float, ...], mode: CropMode = "facellava", margin: float = 0.25
-) -> tuple[float, float, float]:
-    """The crop square for a face box, as (left_px, top_px, side_px) in frame pixels."""
-    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
-    if mode == "facellava":
-        return x1, y1, (w + h) / 2
-    if mode == "centered":
-        side = max(w, h) * (1 + 2 * margin)
-        return (x1 + x2) / 2 - side / 2, (y1 + y2) / 2 - side / 2, side
-    raise ValueError(f"unknown crop mode {mode!r}: use 'facellava' or 'centered'")
 
 
 def crop_face(
@@ -45,8 +31,25 @@ def crop_face(
     mode: CropMode = "facellava",
     margin: float = 0.25,
 ) -> np.ndarray:
-    """Cut one face from a BGR frame: (size_px, size_px, 3) uint8 RGB, black off-frame."""
-    x0, y0, x1, y1 = _square_px(box_xyxy, mode, margin)
+    """Cut one face from a BGR frame: (size_px, size_px, 3) uint8 RGB (see the module doc).
+
+    A region that misses the frame gives a black crop.
+    """
+    if mode == "centered":
+        return _centered_crop(image_bgr, box_xyxy, size_px, margin)
+    frame_h, frame_w = image_bgr.shape[:2]
+    x0, y0, x1, y1 = crop_region_xyxy(box_xyxy, (frame_w, frame_h), mode)
+    if x0 >= x1 or y0 >= y1:
+        return np.zeros((size_px, size_px, 3), np.uint8)
+    region = image_bgr[y0:y1, x0:x1]
+    resized = cv2.resize(region, (size_px, size_px), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+
+
+def _centered_crop(
+    image_bgr: np.ndarray, box_xyxy: np.ndarray | tuple[float, ...], size_px: int, margin: float
+) -> np.ndarray:
+    x0, y0, x1, y1 = centered_square_xyxy(box_xyxy, margin)
     side_px = x1 - x0
     # Intersection with the frame, then pad the rest with black.
     ix0, iy0, ix1, iy1 = _in_frame(x0, y0, x1, y1, image_bgr.shape)
@@ -68,15 +71,6 @@ def crop_face(
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
 
-def _square_px(
-    box_xyxy: np.ndarray | tuple[float, ...], mode: CropMode, margin: float
-) -> tuple[int, int, int, int]:
-    left, top, side = crop_square_xyxy(box_xyxy, mode, margin)
-    x0, y0 = round(left), round(top)
-    side_px = max(round(side), 1)
-    return x0, y0, x0 + side_px, y0 + side_px
-
-
 def _in_frame(
     x0: int, y0: int, x1: int, y1: int, frame_shape: tuple[int, ...]
 ) -> tuple[int, int, int, int]:
@@ -93,11 +87,16 @@ def crop_in_frame_xyxy(
 ) -> tuple[int, int, int, int]:
     """The part of `crop_face`'s output that shows the frame, as (x0, y0, x1, y1) crop pixels.
 
-    On a side with black padding, the pixels the resize blends with the black are left
-    out too (one source pixel and one crop pixel more). Empty (x0 >= x1) when the square
-    misses the frame.
+    All of it for the clamped modes (empty when the region misses the frame). For a
+    padded `centered` crop, on a side with black padding the pixels the resize blends
+    with the black are left out too (one source pixel and one crop pixel more). Empty
+    (x0 >= x1) when the square misses the frame.
     """
-    x0, y0, x1, y1 = _square_px(box_xyxy, mode, margin)
+    if mode != "centered":
+        frame_h, frame_w = frame_shape[:2]
+        rx0, ry0, rx1, ry1 = crop_region_xyxy(box_xyxy, (frame_w, frame_h), mode)
+        return (0, 0, size_px, size_px) if rx0 < rx1 and ry0 < ry1 else (0, 0, 0, 0)
+    x0, y0, x1, y1 = centered_square_xyxy(box_xyxy, margin)
     ix0, iy0, ix1, iy1 = _in_frame(x0, y0, x1, y1, frame_shape)
     scale = size_px / (x1 - x0)
     guard = math.ceil(scale) + 1

@@ -22,11 +22,11 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ingest.crop_geometry import CropMode
 from ingest.crops import crop_face, crop_in_frame_xyxy, crop_quality
 from ingest.frames import Frame
 from ingest.requests import ClipRequest, ImageRequest, WindowInfo
@@ -45,8 +45,10 @@ class WindowOptions(BaseModel):
         NUM_VIDEO_FRAMES, ge=1, description="Crops per ClipRequest."
     )
     crop_size_px: int = Field(256, ge=16, description="Side of the square face crop.")
-    crop_mode: Literal["facellava", "centered"] = Field(
-        "facellava", description="Authors' top-left-anchored square, or centred with margin."
+    crop_mode: CropMode = Field(
+        "facellava",
+        description="Authors' crop region estimated from our box; 'box_corner' = their cut "
+        "of our box as is (the old geometry); 'centered' = centred square with margin.",
     )
     crop_margin: float = Field(0.25, ge=0, description="Margin per side for 'centered' crops.")
     min_coverage: float = Field(

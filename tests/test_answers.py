@@ -45,7 +45,7 @@ EMOTION_CASES = [
     ("The person is smiling broadly at someone off camera.", "happy"),
     ("Judging by the wide smile, she is joyful rather than anxious.", "happy"),
     ("The subject does not look happy. Instead, the face shows irritation.", "angry"),
-    ("The person in the video seems anxious, glancing around nervously.", "fearful"),
+    ("The person in the video seems anxious, glancing around nervously.", "anxious"),
     ("The facial expression can be described as disdainful.", "contemptuous"),
     ("While the person is smiling, the overall emotion conveyed is sadness.", "sad"),
     ("The person's expression is not neutral; it shows anger.", "angry"),
@@ -54,7 +54,22 @@ EMOTION_CASES = [
         "open and the brows are drawn together, typical signs of fear rather than surprise.",
         "fearful",
     ),
+    # MAFW's classes beyond the basic seven: anxiety, helplessness, disappointment.
+    ("The emotion shown is helplessness: the shoulders drop and the gaze is lowered.", "helpless"),
+    ("He appears powerless and resigned in the face of the news.", "helpless"),
+    ("She looks disappointed, her lips pressed together and her eyes cast down.", "disappointed"),
+    ("The man feels let down rather than angry.", "disappointed"),
+    ("The dominant emotion is disappointment, although she is not crying.", "disappointed"),
+    ("The woman looks worried, biting her lip and glancing at the door.", "anxious"),
+    ("There is fear in his wide eyes, not mere unease.", "fearful"),
 ]
+
+
+def test_emotion_vocabulary_is_the_mafw_set() -> None:
+    assert set(EMOTIONS) == {
+        "happy", "sad", "angry", "fearful", "surprised", "disgusted", "neutral",
+        "contemptuous", "anxious", "helpless", "disappointed",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("text", "label"), EMOTION_CASES)
@@ -102,6 +117,14 @@ AGE_CASES = [
     ("The person is 1 of the actors and appears to be 20 years old.", 20.0, None),
     ("The person appears to be in their 60's.", 65.0, (60.0, 69.0)),
     ("Given the smooth skin and youthful features, they are around 19 years of age.", 19.0, None),
+    ("I estimate the person to be 32 based on the smooth skin and dark hair.", 32.0, None),
+    ("Judging by the wrinkles, I take him to be 58, perhaps older.", 58.0, None),
+    ("He appears to be in his late 20s to early 30s.", 30.0, (26.0, 33.0)),
+    ("The woman looks to be in her late twenties to early thirties.", 30.0, (26.0, 33.0)),
+    ("The person is probably in their 20s or 30s.", 30.0, (20.0, 39.0)),
+    ("She is in her late teens to early 20s.", 20.5, (17.0, 23.0)),
+    ("He seems to be in his mid-to-late 30s.", 36.5, (33.0, 39.0)),
+    ("The man appears to be in his mid-40s to early 50s, with grey hair.", 48.5, (43.0, 53.0)),
 ]  # fmt: skip
 
 
@@ -123,6 +146,8 @@ def test_age_answer_gives_years_and_range(
         "The man in the picture is middle-aged, with wrinkles.",
         "The person is wearing 2 earrings.",
         "AU 12 and AU 6 are active.",
+        "There seem to be 2 people in the frame.",
+        "The chance of a smile seems to be 30 percent.",
     ],
 )
 def test_age_answer_without_an_age_is_none(text: str) -> None:

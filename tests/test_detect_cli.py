@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from ingest.crop_geometry import crop_region_xyxy
 from worker.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 
-LINE_KEYS = ["frame_index", "pts_s", "boxes", "scores", "landmarks"]
+LINE_KEYS = ["frame_index", "pts_s", "boxes", "scores", "landmarks", "crops"]
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -30,6 +31,9 @@ def test_detect_prints_every_nth_frame_as_json_in_original_pixels(
     reference = json.loads(
         (testdata / "reference" / "retinaface_mnet_facellava_ex1.json").read_text()
     )["frames"]
+    authors = json.loads(
+        (testdata / "reference" / "blazeface_facellava_facial_expr_example_1.json").read_text()
+    )["frames"]
     args = ["--every", "7", "--batch", "4", "--max-side", "0", "--device", "cpu"]
     status = main(["detect", str(clip), "--weights", str(mnet_weights), *args])
     out = capsys.readouterr().out
@@ -44,6 +48,15 @@ def test_detect_prints_every_nth_frame_as_json_in_original_pixels(
         assert _iou(line["boxes"][0], expected["boxes"][0]) >= 0.95
         np.testing.assert_allclose(line["landmarks"], expected["landmarks"], atol=1.0)
         assert line["scores"][0] == pytest.approx(expected["scores"][0], abs=1e-3)
+        # The crop region: whole pixels inside the 256×256 frame, near the authors' crop.
+        assert len(line["crops"]) == 1
+        x0, y0, x1, y1 = line["crops"][0]
+        assert all(isinstance(v, int) for v in line["crops"][0])
+        assert 0 <= x0 < x1 <= 255 and 0 <= y0 < y1 <= 255
+        expected_crop = crop_region_xyxy(line["boxes"][0], (256, 256))  # from the rounded box
+        assert np.abs(np.subtract(line["crops"][0], expected_crop)).max() <= 1
+        their_crop = authors[line["frame_index"]]["faces"][0]["crop_xyxy"]
+        assert _iou(line["crops"][0], their_crop) >= 0.75
 
 
 def test_detect_with_resizing_still_reports_original_frame_pixels(
@@ -60,7 +73,7 @@ def test_detect_with_resizing_still_reports_original_frame_pixels(
     assert [line["frame_index"] for line in lines] == [0, 30, 60]
     for line in lines:
         expected = reference[line["frame_index"]]["boxes"][0]
-        assert len(line["boxes"]) == 1
+        assert len(line["boxes"]) == len(line["crops"]) == 1
         assert _iou(line["boxes"][0], expected) >= 0.8
 
 

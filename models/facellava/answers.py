@@ -131,8 +131,12 @@ EMOTIONS: tuple[str, ...] = (
     "disgusted",
     "neutral",
     "contemptuous",
+    "anxious",
+    "helpless",
+    "disappointed",
 )
-"""The closed emotion vocabulary: the seven basic emotions, neutral and contempt."""
+"""The closed emotion vocabulary, MAFW's eleven classes: the seven basic (happy, sad, angry,
+fearful, surprised, disgusted, neutral), contempt, anxiety, helplessness, disappointment."""
 
 # Words that name an emotion. Spaces in a phrase match any whitespace or a hyphen.
 _EMOTION_WORDS: dict[str, list[str]] = {
@@ -144,8 +148,8 @@ _EMOTION_WORDS: dict[str, list[str]] = {
     "sad": [
         "sad", "sadness", "sadly", "sorrow", "sorrowful", "unhappy", "unhappiness", "upset",
         "melancholy", "melancholic", "gloomy", "grief", "grieving", "depressed", "downcast",
-        "dejected", "despair", "despondent", "disappointed", "disappointment", "heartbroken",
-        "mournful", "distressed", "distress",
+        "dejected", "despair", "despondent", "heartbroken", "mournful", "distressed",
+        "distress",
     ],
     "angry": [
         "angry", "anger", "angrily", "furious", "fury", "rage", "enraged", "irritated",
@@ -153,9 +157,8 @@ _EMOTION_WORDS: dict[str, list[str]] = {
         "hostility", "outraged", "irate", "mad",
     ],
     "fearful": [
-        "fear", "fearful", "afraid", "scared", "frightened", "terrified", "terror", "anxious",
-        "anxiety", "worried", "worry", "nervous", "nervousness", "panic", "panicked",
-        "alarmed", "apprehensive", "apprehension", "fright",
+        "fear", "fearful", "afraid", "scared", "frightened", "terrified", "terror", "panic",
+        "panicked", "alarmed", "fright",
     ],
     "surprised": [
         "surprise", "surprised", "astonished", "astonishment", "amazed", "amazement",
@@ -174,6 +177,19 @@ _EMOTION_WORDS: dict[str, list[str]] = {
     "contemptuous": [
         "contempt", "contemptuous", "disdain", "disdainful", "scorn", "scornful",
         "condescending", "sneer", "sneering",
+    ],
+    "anxious": [
+        "anxious", "anxiously", "anxiety", "worried", "worry", "worrying", "nervous",
+        "nervously", "nervousness", "uneasy", "unease", "uneasiness", "apprehensive",
+        "apprehension", "restless", "restlessness",
+    ],
+    "helpless": [
+        "helpless", "helplessly", "helplessness", "powerless", "powerlessness", "hopeless",
+        "hopelessness", "resigned", "resignation", "defeated", "at a loss",
+    ],
+    "disappointed": [
+        "disappointed", "disappointment", "disappointedly", "let down", "letdown",
+        "disillusioned", "disillusionment", "dissatisfied", "dissatisfaction", "disheartened",
     ],
 }  # fmt: skip
 
@@ -268,8 +284,26 @@ _NUMBER_WORD = re.compile(
 )
 
 _AGE_UNIT = r"(?:years?|yrs?|y/?o|y\.o\.?)"
-_QUALIFIER = r"(?P<part>early|mid|middle|late)?(?:\s*-\s*|\s+)?"
+_PARTS = r"early|mid|middle|late"
+
+
+def _band(n: int) -> str:
+    """One age band with group suffix n: '[early|mid|late|mid-to-late] 30s|thirties|teens'."""
+    return (
+        rf"(?:(?P<part{n}>{_PARTS})(?:\s*(?:-|to|-to-)\s*(?P<upto{n}>{_PARTS}))?(?:\s*-\s*|\s+)?)?"
+        rf"(?:(?P<dnum{n}>[1-9]0)\s*'?s\b|(?P<dword{n}>" + "|".join(_DECADE_WORDS) + rf")\b"
+        rf"|(?P<teens{n}>teens|teenager|teenaged|teenage)\b)"
+    )
+
+
+# Bands joined into a range: "late 20s to early 30s", "in their 20s or 30s".
+_BAND_RANGE = re.compile(
+    r"\b" + _band(1) + r"\s*(?:to|-|–|—|or|and|through|into)\s*"
+    r"(?:(?:the|their|his|her)\s+)?" + _band(2)
+)
 _AGE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("bands", _BAND_RANGE),
+    ("band", re.compile(r"\b" + _band(1))),
     (
         "range",
         re.compile(
@@ -278,17 +312,6 @@ _AGE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"(?=\s*(?:" + _AGE_UNIT + r"|\)|,|\.|$|\s))"
         ),
     ),
-    (
-        "decade",
-        re.compile(
-            r"\b"
-            + _QUALIFIER
-            + r"(?:(?P<dnum>[1-9]0)\s*'?s\b|(?P<dword>"
-            + "|".join(_DECADE_WORDS)
-            + r"))"
-        ),
-    ),
-    ("teens", re.compile(r"\b" + _QUALIFIER + r"(?:teens|teenager|teenaged|teenage)\b")),
     (
         "single",
         re.compile(
@@ -300,6 +323,10 @@ _AGE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             # "is 27." / "looks 40 or so": a bare number only where nothing else follows.
             r"|\b(?:appears\s+to\s+be|seems\s+to\s+be|looks|is)\s+(?P<num3>\d{1,3})"
             r"(?=\s*(?:[.,;!)]|$|\s(?:or|and|years?)\b))"
+            # "I estimate them to be 32 based on ...": a number right after "to be" is an
+            # age unless a unit or count follows it.
+            r"|\bto\s+be\s+(?P<num4>\d{1,3})\b(?!\.\d|\s*(?:%|percent|of\b|people|persons|"
+            r"faces|individuals|times|frames|seconds|minutes|hours|days|weeks|months|cm|kg))"
         ),
     ),
 ]
@@ -323,15 +350,39 @@ def _span_years(lo: float, hi_inclusive: float) -> AgeResult:
     return AgeResult(years=(lo + hi_inclusive + 1) / 2, range_years=(lo, hi_inclusive))
 
 
-def _part_of_band(part: str | None, low: int, width: int) -> AgeResult:
-    """Early/mid/late thirds of a band starting at `low` ('mid-20s' → 23..26)."""
-    if part == "early":
-        return _span_years(low, low + 3)
-    if part in ("mid", "middle"):
-        return _span_years(low + 3, low + 6)
-    if part == "late":
-        return _span_years(low + width - 4, low + width - 1)
-    return _span_years(low, low + width - 1)
+def _band_bounds(part: str | None, upto: str | None, low: int, width: int) -> tuple[int, int]:
+    """Whole years lo..hi of a band starting at `low`, or of its early/mid/late part.
+
+    'mid-20s' → 23..26, 'late 30s' → 36..39, 'mid-to-late 30s' → 33..39; teens are 13..19
+    with thirds 13..15, 15..17, 17..19.
+    """
+    if width == 7:  # teens
+        thirds = {"early": (13, 15), "mid": (15, 17), "middle": (15, 17), "late": (17, 19)}
+    else:
+        thirds = {
+            "early": (low, low + 3),
+            "mid": (low + 3, low + 6),
+            "middle": (low + 3, low + 6),
+            "late": (low + width - 4, low + width - 1),
+        }
+    if part is None:
+        return low, low + width - 1
+    lo, hi = thirds[part]
+    if upto is not None:
+        hi = max(hi, thirds[upto][1])
+    return lo, hi
+
+
+def _band_of(match: re.Match[str], n: int) -> tuple[int, int]:
+    """The years lo..hi of band n of a `_band` match."""
+    part, upto = match.group(f"part{n}"), match.group(f"upto{n}")
+    if match.group(f"teens{n}"):
+        return _band_bounds(part, upto, 13, 7)
+    low = int(match.group(f"dnum{n}") or _DECADE_WORDS[match.group(f"dword{n}")])
+    return _band_bounds(part, upto, low, 10)
+
+
+_SINGLE_GROUPS = ("num", "num2", "num3", "num4")
 
 
 def _age_from_match(kind: str, match: re.Match[str]) -> AgeResult | None:
@@ -341,26 +392,20 @@ def _age_from_match(kind: str, match: re.Match[str]) -> AgeResult | None:
         if not 0 < lo < hi <= 120 or hi - lo > 30:
             return None
         return AgeResult(years=(lo + hi) / 2, range_years=(lo, hi))
-    if kind == "decade":
-        low = int(match.group("dnum") or _DECADE_WORDS[match.group("dword")])
-        return _part_of_band(match.group("part"), low, 10)
-    if kind == "teens":
-        part = match.group("part")
-        if part == "early":
-            return _span_years(13, 15)
-        if part in ("mid", "middle"):
-            return _span_years(15, 17)
-        if part == "late":
-            return _span_years(17, 19)
-        return _span_years(13, 19)
-    years = float(match.group("num") or match.group("num2") or match.group("num3"))
+    if kind == "band":
+        return _span_years(*_band_of(match, 1))
+    if kind == "bands":
+        (lo, _), (_, hi) = _band_of(match, 1), _band_of(match, 2)
+        return _span_years(lo, hi) if lo < hi else None
+    number = next(match.group(g) for g in _SINGLE_GROUPS if match.group(g) is not None)
+    years = float(number)
     return AgeResult(years=years) if 0 < years <= 120 else None
 
 
 def _age_number_start(kind: str, match: re.Match[str]) -> int:
     if kind != "single":
         return match.start()
-    group = next(g for g in ("num", "num2", "num3") if match.group(g) is not None)
+    group = next(g for g in _SINGLE_GROUPS if match.group(g) is not None)
     return match.start(group)
 
 
@@ -368,7 +413,8 @@ def parse_age(text: str) -> AgeResult | None:
     """The first age the answer states: a number, a range, a decade or teens; else None.
 
     "20-25" → 22.5 with range (20, 25); "in his thirties" → 35 with range (30, 39);
-    "mid-20s" → 25 with range (23, 26); "around 35 years old" → 35.
+    "mid-20s" → 25 with range (23, 26); "around 35 years old" → 35; "to be 32" → 32;
+    "late 20s to early 30s" → 30 with range (26, 33).
     """
     lowered = _words_to_digits(text.lower())
     if re.fullmatch(r"\s*(\d{1,3})\s*\.?\s*", lowered):

@@ -1,8 +1,10 @@
 """`facestream detect SOURCE`: RetinaFace on a video, one JSON line per processed frame.
 
-Each line is `{"frame_index", "pts_s", "boxes", "scores", "landmarks"}` in original-frame
-pixels: `frame_index` is the 0-based decode-order index, boxes are [x1, y1, x2, y2],
-landmarks five [x, y] points per face (eyes, nose tip, mouth corners).
+Each line is `{"frame_index", "pts_s", "boxes", "scores", "landmarks", "crops"}` in
+original-frame pixels: `frame_index` is the 0-based decode-order index, boxes are
+[x1, y1, x2, y2], landmarks five [x, y] points per face (eyes, nose tip, mouth corners),
+crops the [x0, y0, x1, y1] region of the frame (whole pixels, inside the frame) that each
+face's Face-LLaVA crop is cut from (the `windows.crop_mode` setting; default the authors').
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ingest.crop_geometry import CropMode
     from ingest.frames import Frame
     from ingest.sources import SourceOptions
     from models.detections import Detections
@@ -100,19 +104,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"facestream detect: {exc}", file=sys.stderr)
         return 2
 
+    crops = _CropGeometry(settings.windows.crop_mode, settings.windows.crop_margin)
     batch: list[Frame] = []
     try:
         for frame in _frames(args.source, args.every, settings.source):
             batch.append(frame)
             if len(batch) >= options.max_batch:
-                _print_batch(batch, detector.detect([f.image_bgr for f in batch]))
+                _print_batch(batch, detector.detect([f.image_bgr for f in batch]), crops)
                 batch = []
     except (SourceError, UnsupportedURLError) as exc:
         print(f"facestream detect: {exc}", file=sys.stderr)
         return 1
     finally:
         if batch:
-            _print_batch(batch, detector.detect([f.image_bgr for f in batch]))
+            _print_batch(batch, detector.detect([f.image_bgr for f in batch]), crops)
     return 0
 
 
@@ -139,7 +144,21 @@ def _frames(source: str, every: int, options: SourceOptions) -> Iterator[Frame]:
             yield frame
 
 
-def _print_batch(frames: list[Frame], detections: list[Detections]) -> None:
+@dataclass(frozen=True)
+class _CropGeometry:
+    mode: CropMode
+    margin: float
+
+    def regions(self, frame: Frame, faces: Detections) -> list[list[int]]:
+        from ingest.crop_geometry import frame_region_xyxy
+
+        frame_wh = (frame.image_bgr.shape[1], frame.image_bgr.shape[0])
+        return [
+            list(frame_region_xyxy(box, frame_wh, self.mode, self.margin)) for box in faces.xyxy
+        ]
+
+
+def _print_batch(frames: list[Frame], detections: list[Detections], crops: _CropGeometry) -> None:
     for frame, faces in zip(frames, detections, strict=True):
         line = {
             "frame_index": frame.index,
@@ -150,6 +169,7 @@ def _print_batch(frames: list[Frame], detections: list[Detections]) -> None:
                 [[round(float(x), 3), round(float(y), 3)] for x, y in points]
                 for points in faces.landmarks
             ],
+            "crops": crops.regions(frame, faces),
         }
         sys.stdout.write(json.dumps(line) + "\n")
     sys.stdout.flush()

@@ -1,0 +1,111 @@
+"""Crop geometry: our crop regions against the Face-LLaVA authors' on the reference clips.
+
+Real RetinaFace (test weights, CPU) on every frame of the three test videos, compared
+with the authors' detector's crop regions (`reference/blazeface_*.json`). The figures
+and the fit are printed by `python -m scripts.crop_geometry_fit`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.crop_geometry import (
+    authors_cut_xyxy,
+    blazeface_box_xyxy,
+    centered_square_xyxy,
+    crop_region_xyxy,
+    frame_region_xyxy,
+)
+from models.retinaface import DetectorOptions, RetinaFaceDetector
+from scripts.crop_geometry_fit import MatchedFaces, crop_ious, load_clips
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def clips(testdata: Path, mnet_weights: Path) -> dict[str, MatchedFaces]:
+    detector = RetinaFaceDetector.from_options(
+        DetectorOptions(weights=str(mnet_weights), device="cpu")
+    )
+    return {clip.name: clip for clip in load_clips(detector, testdata)}
+
+
+def test_authors_cut_is_their_integer_formula_clamped_at_the_frame() -> None:
+    assert authors_cut_xyxy((10.7, 20.2, 110.7, 100.2), (640, 360)) == (10, 20, 100, 110)
+    # (w + h) / 2 = 90 from the top-left; clamped to W - 1 / H - 1 and to 0.
+    assert authors_cut_xyxy((600.5, 300.0, 700.5, 380.0), (640, 360)) == (600, 300, 639, 359)
+    assert authors_cut_xyxy((-20.0, -10.0, 40.0, 50.0), (640, 360)) == (0, 0, 40, 50)
+
+
+def test_facellava_region_is_a_lower_square_mirrored_with_the_face() -> None:
+    box = (100.0, 50.0, 160.0, 130.0)  # w 60, h 80
+    x1, y1, x2, y2 = blazeface_box_xyxy(box)
+    assert x2 - x1 == pytest.approx(y2 - y1)  # square
+    assert (x1 + x2) / 2 == pytest.approx(130.0)  # no horizontal shift
+    assert (y1 + y2) / 2 > 90.0  # lower than the RetinaFace box centre
+    frame_wh = (640, 360)
+    mirrored = (640 - 160.0, 50.0, 640 - 100.0, 130.0)
+    a, b = crop_region_xyxy(box, frame_wh), crop_region_xyxy(mirrored, frame_wh)
+    assert abs((a[0] + a[2]) - (1280 - (b[0] + b[2]))) <= 2  # mirror image, to whole pixels
+    assert (a[1], a[3]) == (b[1], b[3])
+
+
+def test_regions_of_faces_at_the_frame_edge_stay_inside_the_frame() -> None:
+    for box in [(-30.0, -40.0, 50.0, 60.0), (600.0, 300.0, 700.0, 420.0)]:
+        for mode in ("facellava", "box_corner"):
+            x0, y0, x1, y1 = crop_region_xyxy(box, (640, 360), mode)
+            assert 0 <= x0 < x1 <= 639 and 0 <= y0 < y1 <= 359
+    x0, y0, x1, y1 = centered_square_xyxy((100, 50, 160, 130), margin=0.25)
+    assert (x0, y0, x1, y1) == (70, 30, 190, 150)
+    # What `detect` prints for a centred crop: its in-frame part.
+    assert frame_region_xyxy((610, 340, 650, 380), (640, 360), "centered") == (600, 330, 640, 360)
+    box = (100.0, 50.0, 160.0, 130.0)
+    assert frame_region_xyxy(box, (640, 360)) == crop_region_xyxy(box, (640, 360))
+    with pytest.raises(ValueError, match="centered_square_xyxy"):
+        crop_region_xyxy((0, 0, 1, 1), (640, 360), "centered")
+    with pytest.raises(ValueError, match="crop mode"):
+        crop_region_xyxy((0, 0, 1, 1), (640, 360), "sideways")  # type: ignore[arg-type]
+
+
+def test_nearly_every_face_of_the_authors_detector_has_a_face_of_ours(
+    clips: dict[str, MatchedFaces],
+) -> None:
+    unmatched = sum(c.unmatched for c in clips.values())
+    total = sum(c.total for c in clips.values())
+    assert total == 406  # every face in the three reference files
+    assert unmatched / total <= 0.05
+
+
+def test_crop_regions_match_the_authors_on_the_pre_cropped_demo_clips(
+    clips: dict[str, MatchedFaces],
+) -> None:
+    for name in ("facellava_facial_expr_example_1", "facellava_facial_expr_example_2"):
+        ious = crop_ious(clips[name])
+        assert ious.mean() >= 0.87, (name, ious.mean())
+        assert np.percentile(ious, 10) >= 0.80, (name, np.percentile(ious, 10))
+
+
+def test_crop_regions_beat_the_previous_geometry_on_the_hamilton_clip(
+    clips: dict[str, MatchedFaces],
+) -> None:
+    hamilton = clips["short_hamilton_clip"]
+    new, old = crop_ious(hamilton), crop_ious(hamilton, "box_corner")
+    assert new.mean() >= 0.60
+    assert new.mean() >= old.mean() + 0.08
+    assert np.percentile(new, 10) >= np.percentile(old, 10) + 0.05
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not met: on the Hamilton clip the authors' detector (BlazeFace short-range on "
+    "small, turned faces at 640x360) often misplaces its box (e.g. between two people), so "
+    "no geometry from our box reaches 0.90 there; see README 'What a crop is'",
+)
+def test_crop_regions_meet_the_issue_target_over_all_reference_faces(
+    clips: dict[str, MatchedFaces],
+) -> None:
+    ious = np.concatenate([crop_ious(c) for c in clips.values()])
+    assert ious.mean() >= 0.90 and np.percentile(ious, 10) >= 0.80
