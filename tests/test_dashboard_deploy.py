@@ -8,16 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from prometheus_client.metrics_core import Metric
 
 from tests.k8s_build import build, pod_spec
+from tests.metric_names import exported_families
 from worker.dashboard.server import check_bind
-from worker.intake import StreamTable
-from worker.metrics import Metrics
-from worker.publisher import EventPublisher
-from worker.scheduler import WindowQueue
-from worker.settings import DashboardSettings, RedisSettings
-from worker.watcher import WatcherState, WatcherStatus
+from worker.settings import DashboardSettings
 
 REPO = Path(__file__).resolve().parent.parent
 GRAFANA = REPO / "deploy" / "grafana"
@@ -30,19 +25,9 @@ _SAMPLE_SUFFIXES = {
 
 
 def exported_series_names() -> set[str]:
-    """Every series name the worker's registry can expose, read from `worker.metrics`:
-    the metrics observed in place and the families the scrape-time stage collector builds
-    (collected here over empty stages, so every family is there without samples)."""
-    metrics = Metrics()
-    metrics.collect_stages(
-        StreamTable(),
-        WindowQueue(capacity=1, max_age_s=1.0),
-        EventPublisher(RedisSettings()),  # not started: nothing connects
-        lambda: WatcherStatus(WatcherState.CONNECTING, (), (), 0, 0, 0, 0, 0, 0, 0, None),
-    )
+    """Every series name the worker's registry can expose, read from `worker.metrics`."""
     names = set()
-    metric: Metric
-    for metric in metrics.registry.collect():
+    for metric in exported_families():
         names |= {metric.name + suffix for suffix in _SAMPLE_SUFFIXES[metric.type]}
     return names
 

@@ -137,9 +137,9 @@ def test_servicemonitor_scrapes_metrics_on_the_worker_port(
 
 
 def exported_metric_names() -> set[str]:
-    from worker.metrics import Metrics
+    from tests.metric_names import exported_families
 
-    return {metric.name for metric in Metrics().registry.collect()}
+    return {metric.name for metric in exported_families()}
 
 
 def test_autoscaler_uses_worker_load_metrics_within_partition_count(
