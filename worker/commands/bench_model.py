@@ -249,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.facellava.engine import GenerationEngine
     from models.facellava.prompts import PromptTokenizer
+    from models.overrides import with_overrides
     from worker.commands.facellava_common import (
         load_for_cli,
         model_options,
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         weights = f"checkpoint {options.model}"
     else:
         dtype = resolve_dtype(args, options, device)
-        options = options.model_copy(update={"dtype": dtype})
+        options = with_overrides(options, {"dtype": dtype})
         tokenizer_dir = args.tokenizer or args.model or str(_fixture_checkpoint())
         tokenizer = PromptTokenizer(tokenizer_dir)
         model = random_model(

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ingest.sources import SourceError, UnsupportedURLError
     from models.devices import DeviceUnavailableError
-    from models.retinaface import CheckpointError, DetectorOptions, RetinaFaceDetector
+    from models.overrides import with_overrides
+    from models.retinaface import DetectorCheckpointError, RetinaFaceDetector
     from models.weights import WeightsError
     from worker.logs import configure_logging
     from worker.settings import Settings
@@ -93,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
     if args.max_side is not None:
         overrides["max_side_px"] = args.max_side or None
     try:
-        options = DetectorOptions.model_validate({**settings.detector.model_dump(), **overrides})
+        options = with_overrides(settings.detector, overrides)
         detector = RetinaFaceDetector.from_options(options)
     except (
         pydantic.ValidationError,
         WeightsError,
-        CheckpointError,
+        DetectorCheckpointError,
         DeviceUnavailableError,
     ) as exc:
         print(f"facestream detect: {exc}", file=sys.stderr)
