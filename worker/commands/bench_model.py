@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worker.commands import add_command
 from worker.commands.facellava_common import add_model_arguments
 
 if TYPE_CHECKING:
@@ -39,11 +40,8 @@ CROP_PX = 256
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `bench model` sub-command (under `facestream bench`)."""
-    parser = sub.add_parser(
-        "model",
-        help="Face-LLaVA throughput: batched engine vs one request at a time.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "model", "Face-LLaVA throughput: batched engine vs one request at a time.", __doc__
     )
     parser.add_argument("--config", choices=("tiny", "7b"), default="tiny")
     parser.add_argument(

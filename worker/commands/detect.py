@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from worker.commands import add_command
+
 if TYPE_CHECKING:
     from ingest.crop_geometry import CropMode
     from ingest.frames import Frame
@@ -25,11 +27,8 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `detect` sub-command."""
-    parser = sub.add_parser(
-        "detect",
-        help="Detect faces in a video; print one JSON line per processed frame.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "detect", "Detect faces in a video; print one JSON line per processed frame.", __doc__
     )
     parser.add_argument("source", metavar="SOURCE", help="Video file path or URL.")
     parser.add_argument(
