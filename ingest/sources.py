@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ingest.backoff import Backoff
 from ingest.frames import Frame
 from ingest.urls import SourceURL, UnsupportedURLError, check_source_url, scrub_secrets
+from models.overrides import with_overrides
 
 __all__ = [
     "CorruptSourceError",
@@ -112,7 +113,7 @@ class SourceOptions(BaseModel):
         """A copy with a per-stream `sample_fps` (`StreamSpec.detection_fps`); None keeps it."""
         if sample_fps is None:
             return self
-        return SourceOptions.model_validate({**self.model_dump(), "sample_fps": sample_fps})
+        return with_overrides(self, {"sample_fps": sample_fps})
 
 
 class SourceState(enum.StrEnum):

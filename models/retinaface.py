@@ -48,7 +48,7 @@ PRE_NMS_TOP_K = 5000
 POST_NMS_KEEP = 750
 
 
-class CheckpointError(Exception):
+class DetectorCheckpointError(Exception):
     """A weights file that is not a RetinaFace checkpoint this code can load."""
 
 
@@ -359,7 +359,7 @@ def config_from_state_dict(state: dict[str, Tensor]) -> RetinaFaceConfig:
         return MOBILENET_CONFIG
     if "body.layer1.0.conv1.weight" in state:
         return RESNET50_CONFIG
-    raise CheckpointError(
+    raise DetectorCheckpointError(
         "not a RetinaFace checkpoint: expected body.stage1.* (MobileNet-0.25) or "
         f"body.layer1.* (ResNet-50) keys, found e.g. {sorted(state)[:3]}"
     )
@@ -371,7 +371,7 @@ def load_retinaface(path: Path, device: str | torch.device = "cpu") -> RetinaFac
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a state dict")
+        raise DetectorCheckpointError(f"{path} holds a {type(raw).__name__}, not a state dict")
     state = {key.removeprefix("module."): value for key, value in raw.items()}
     skipped = [key for key in SKIPPED_CHECKPOINT_KEYS if key in state]
     for key in skipped:
@@ -383,7 +383,9 @@ def load_retinaface(path: Path, device: str | torch.device = "cpu") -> RetinaFac
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not fit RetinaFace-{config.backbone}: {exc}") from exc
+        raise DetectorCheckpointError(
+            f"{path} does not fit RetinaFace-{config.backbone}: {exc}"
+        ) from exc
     net.fold_batchnorm()
     net.eval().requires_grad_(False)
     return net.to(device=device, memory_format=torch.channels_last)

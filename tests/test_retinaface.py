@@ -19,7 +19,7 @@ from models.retinaface import (
     PRE_NMS_MIN_SCORE,
     PRE_NMS_TOP_K,
     RESNET50_CONFIG,
-    CheckpointError,
+    DetectorCheckpointError,
     DetectorOptions,
     Priors,
     RetinaFace,
@@ -207,14 +207,14 @@ def test_backbone_classifier_keys_are_skipped_but_other_extra_keys_fail(
     assert load_retinaface(with_classifier).config == MOBILENET_CONFIG
     with_stray = tmp_path / "with_stray.pth"
     torch.save({**state, "stray.weight": torch.zeros(1)}, with_stray)
-    with pytest.raises(CheckpointError, match="stray"):
+    with pytest.raises(DetectorCheckpointError, match="stray"):
         load_retinaface(with_stray)
 
 
 def test_file_without_retinaface_keys_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "other.pth"
     torch.save({"encoder.weight": torch.zeros(2)}, path)
-    with pytest.raises(CheckpointError, match="not a RetinaFace checkpoint"):
+    with pytest.raises(DetectorCheckpointError, match="not a RetinaFace checkpoint"):
         load_retinaface(path)
 
 

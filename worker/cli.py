@@ -34,7 +34,7 @@ COMMAND_MODULES = (
 USER_ERRORS = (
     ("worker.settings", "SettingsError"),
     ("models.weights", "WeightsError"),
-    ("models.retinaface", "CheckpointError"),
+    ("models.retinaface", "DetectorCheckpointError"),
     ("models.devices", "DeviceUnavailableError"),
     ("models.facellava.checkpoint", "CheckpointError"),
     ("models.facellava.modeling", "FaceLlavaConfigError"),

@@ -18,6 +18,7 @@ from ingest.frames import Frame
 from ingest.pipeline import StreamPipeline
 from ingest.sources import SourceError, SourceState, VideoSource
 from ingest.windows import WindowOptions
+from models.overrides import with_overrides
 from worker.settings import Settings
 from worker.specs import StreamSpec
 from worker.status import StreamState
@@ -45,7 +46,7 @@ def window_options_for(spec: StreamSpec, settings: Settings) -> WindowOptions:
         for name in ("window_s", "stride_s", "max_faces", "min_face_px")
         if getattr(spec, name) is not None
     }
-    return WindowOptions.model_validate({**settings.windows.model_dump(), **overrides})
+    return with_overrides(settings.windows, overrides)
 
 
 class StreamRecord:

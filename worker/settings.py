@@ -21,6 +21,7 @@ from ingest.tracking import TrackerOptions
 from ingest.windows import WindowOptions
 from models.facellava.options import ModelOptions
 from models.retinaface_options import DetectorOptions
+from worker.specs import validation_problems
 
 ENV_PREFIX = "FACESTREAM_"
 ENV_NESTED_DELIMITER = "__"
@@ -213,8 +214,7 @@ def check_environment(environ: Mapping[str, str]) -> None:
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad variable and what is wrong, without the values."""
-    problems = []
-    for item in error.errors(include_url=False, include_input=False, include_context=False):
-        path = ENV_NESTED_DELIMITER.join(str(part) for part in item["loc"])
-        problems.append(f"{ENV_PREFIX}{path.upper()}: {item['msg']}")
-    return "invalid settings: " + "; ".join(problems)
+    def variable(loc: tuple[int | str, ...]) -> str:
+        return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part) for part in loc).upper()
+
+    return "invalid settings: " + validation_problems(error, variable)

@@ -4,6 +4,7 @@ the stream-id rule, and how validation errors are told to a user."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,11 +22,19 @@ def is_stream_id(text: str) -> bool:
     return _STREAM_ID_RE.fullmatch(text) is not None
 
 
-def validation_problems(error: ValidationError) -> str:
-    """`field.path: message; ...` of a pydantic error, never echoing the input values
-    (a misspelt secret or a URL with credentials must not be printed)."""
+def dotted_path(loc: tuple[int | str, ...]) -> str:
+    """`a.b.0`: a pydantic error location as a field path."""
+    return ".".join(str(part) for part in loc) or "value"
+
+
+def validation_problems(
+    error: ValidationError, name: Callable[[tuple[int | str, ...]], str] = dotted_path
+) -> str:
+    """`field.path: message; ...` of a pydantic error (`name` spells each location), never
+    echoing the input values (a misspelt secret or a URL with credentials must not be
+    printed)."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in item['loc']) or 'value'}: {item['msg']}"
+        f"{name(tuple(item['loc']))}: {item['msg']}"
         for item in error.errors(include_url=False, include_input=False, include_context=False)
     )
 

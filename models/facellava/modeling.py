@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
@@ -168,7 +168,6 @@ class FaceLlavaConfig:
     select_feature: str = "patch"
     image_tower_name: str = ""
     video_tower_name: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_original(
@@ -199,6 +198,7 @@ class FaceLlavaConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> FaceLlavaConfig:
         """Inverse of `to_dict`."""
         values = dict(data)
+        values.pop("extra", None)  # an unused field that conversions before 0.2 wrote
         values["image_tower"] = TowerConfig(**values["image_tower"])
         values["video_tower"] = TowerConfig(**values["video_tower"])
         return cls(**values)

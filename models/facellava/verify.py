@@ -9,7 +9,6 @@ with `preprocess.py`, and compares every stage. Each comparison is one `Check`.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -277,8 +276,7 @@ def verify_fixture(fixture: str | Path, device: str = "cpu") -> VerifyResult:
             return torch.load(path, map_location=device, weights_only=True)
 
         result.checks.extend(_check_modality(loaded, modality, prompts[modality], ref))
-    if importlib.util.find_spec("models.facellava.engine") is not None:
-        result.checks.extend(_check_engine(loaded, prompts, reference_dir))
+    result.checks.extend(_check_engine(loaded, prompts, reference_dir))
     if (reference_dir / "preprocess").is_dir():
         result.checks.extend(_check_preprocess(reference_dir, loaded.config.video_tower.num_frames))
     return result

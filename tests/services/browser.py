@@ -12,7 +12,6 @@ or the npm package cannot be had.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.services.npm_cache import fetch_once, npm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLAYWRIGHT_CORE = "playwright-core@1.65.1"
@@ -40,25 +41,15 @@ class BrowserError(RuntimeError):
 def fetch_playwright_core(cache_dir: Path = CACHE_DIR) -> Path:
     """The installed `playwright-core` package folder, fetched with npm on first use."""
     package = cache_dir / "node_modules" / "playwright-core"
-    if (package / "package.json").is_file():
-        return package
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (package / "package.json").is_file():
-            return package
-        if shutil.which("npm") is None:
-            raise BrowserError(f"npm is needed once to fetch {PLAYWRIGHT_CORE}; install node/npm")
-        done = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(cache_dir),
-             PLAYWRIGHT_CORE],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
+
+    def install() -> None:
+        done = npm(
+            "install", "--no-audit", "--no-fund", "--prefix", str(cache_dir), PLAYWRIGHT_CORE
         )
         if done.returncode != 0 or not (package / "package.json").is_file():
             raise BrowserError(f"npm install {PLAYWRIGHT_CORE} failed: {done.stderr[-2000:]}")
+
+    fetch_once(cache_dir, package / "package.json", install, BrowserError, PLAYWRIGHT_CORE)
     return package
 
 

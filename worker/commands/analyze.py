@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from worker.commands import add_command
 from worker.commands.detect import CLI_GIVE_UP_AFTER_FAILURES
 from worker.commands.facellava_common import add_model_arguments
 
@@ -50,11 +51,11 @@ DETECT_BATCH_FRAMES = 8  # small: little latency, most of batching's gain on CPU
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `analyze` sub-command."""
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "analyze",
-        help="Detect, track and window faces in one video; JSON lines out (no Kafka/Redis).",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "Detect, track and window faces in one video; JSON lines out (no Kafka/Redis).",
+        __doc__,
     )
     parser.add_argument("source", metavar="SOURCE", help="Video file path or URL.")
     parser.add_argument(

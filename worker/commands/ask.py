@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from worker.commands import add_command
 from worker.commands.facellava_common import add_model_arguments
 
 TASKS = ("emotion", "age", "attributes", "action_units")
@@ -33,11 +34,8 @@ class SourceReadError(RuntimeError):
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `ask` sub-command."""
-    parser = sub.add_parser(
-        "ask",
-        help="Ask Face-LLaVA about one face image or pre-cropped face clip.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "ask", "Ask Face-LLaVA about one face image or pre-cropped face clip.", __doc__
     )
     parser.add_argument("source", help="Face image (png/jpg) or pre-cropped face clip (mp4).")
     parser.add_argument("--task", choices=TASKS, required=True, help="What to ask.")

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from worker.commands import add_command
+
 BATCH_SIZES = (1, 4, 16)
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,11 +29,11 @@ def _testdata_dir() -> Path:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `bench ingest` sub-command."""
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "ingest",
-        help="Decode fps, detector ms/frame by batch size, analyze real-time factor.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "Decode fps, detector ms/frame by batch size, analyze real-time factor.",
+        __doc__,
     )
     parser.add_argument(
         "--video",

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worker.commands import add_command
 from worker.commands.facellava_common import add_model_arguments
 
 if TYPE_CHECKING:
@@ -39,11 +40,8 @@ CROP_PX = 256
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `bench model` sub-command (under `facestream bench`)."""
-    parser = sub.add_parser(
-        "model",
-        help="Face-LLaVA throughput: batched engine vs one request at a time.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "model", "Face-LLaVA throughput: batched engine vs one request at a time.", __doc__
     )
     parser.add_argument("--config", choices=("tiny", "7b"), default="tiny")
     parser.add_argument(
@@ -249,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.facellava.engine import GenerationEngine
     from models.facellava.prompts import PromptTokenizer
+    from models.overrides import with_overrides
     from worker.commands.facellava_common import (
         load_for_cli,
         model_options,
@@ -284,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         weights = f"checkpoint {options.model}"
     else:
         dtype = resolve_dtype(args, options, device)
-        options = options.model_copy(update={"dtype": dtype})
+        options = with_overrides(options, {"dtype": dtype})
         tokenizer_dir = args.tokenizer or args.model or str(_fixture_checkpoint())
         tokenizer = PromptTokenizer(tokenizer_dir)
         model = random_model(

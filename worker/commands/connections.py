@@ -25,6 +25,7 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
 
 def kafka_settings_from(args: argparse.Namespace) -> KafkaSettings | None:
     """`Settings().kafka` with the command's flags applied; None (after a message) if invalid."""
+    from models.overrides import with_overrides
     from worker.kafka_client import KafkaConfigError, client_kwargs
     from worker.logs import configure_logging
     from worker.settings import Settings
@@ -36,7 +37,7 @@ def kafka_settings_from(args: argparse.Namespace) -> KafkaSettings | None:
         for name in ("bootstrap_servers", "topic", "api_version")
         if getattr(args, name, None)
     }
-    kafka = settings.kafka.model_validate({**settings.kafka.model_dump(), **updates})
+    kafka = with_overrides(settings.kafka, updates)
     try:
         client_kwargs(kafka)
     except KafkaConfigError as error:

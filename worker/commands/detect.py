@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from worker.commands import add_command
+
 if TYPE_CHECKING:
     from ingest.crop_geometry import CropMode
     from ingest.frames import Frame
@@ -25,11 +27,8 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `detect` sub-command."""
-    parser = sub.add_parser(
-        "detect",
-        help="Detect faces in a video; print one JSON line per processed frame.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "detect", "Detect faces in a video; print one JSON line per processed frame.", __doc__
     )
     parser.add_argument("source", metavar="SOURCE", help="Video file path or URL.")
     parser.add_argument(
@@ -74,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ingest.sources import SourceError, UnsupportedURLError
     from models.devices import DeviceUnavailableError
-    from models.retinaface import CheckpointError, DetectorOptions, RetinaFaceDetector
+    from models.overrides import with_overrides
+    from models.retinaface import DetectorCheckpointError, RetinaFaceDetector
     from models.weights import WeightsError
     from worker.logs import configure_logging
     from worker.settings import Settings
@@ -93,12 +93,12 @@ def run(args: argparse.Namespace) -> int:
     if args.max_side is not None:
         overrides["max_side_px"] = args.max_side or None
     try:
-        options = DetectorOptions.model_validate({**settings.detector.model_dump(), **overrides})
+        options = with_overrides(settings.detector, overrides)
         detector = RetinaFaceDetector.from_options(options)
     except (
         pydantic.ValidationError,
         WeightsError,
-        CheckpointError,
+        DetectorCheckpointError,
         DeviceUnavailableError,
     ) as exc:
         print(f"facestream detect: {exc}", file=sys.stderr)

@@ -41,6 +41,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str | No
 
 def model_options(args: argparse.Namespace) -> ModelOptions:
     """`Settings().model` with the command-line flags applied."""
+    from models.overrides import with_overrides
     from worker.settings import Settings
 
     options = Settings().model
@@ -52,7 +53,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         "hf_cache_dir": args.hf_cache,
         "hf_offline": args.offline,
     }
-    return options.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return with_overrides(options, {k: v for k, v in overrides.items() if v is not None})
 
 
 def resolve_device(name: str) -> str:
@@ -80,8 +81,9 @@ def resolve_dtype(args: argparse.Namespace, options: ModelOptions, device: str) 
 def load_for_cli(args: argparse.Namespace) -> tuple[LoadedModel, ModelOptions, str]:
     """Load the model the flags name: (loaded model, effective options, device)."""
     from models.facellava.checkpoint import load_from_options
+    from models.overrides import with_overrides
 
     options = model_options(args)
     device = resolve_device(options.device)
-    options = options.model_copy(update={"dtype": resolve_dtype(args, options, device)})
+    options = with_overrides(options, {"dtype": resolve_dtype(args, options, device)})
     return load_from_options(options, device=device), options, device

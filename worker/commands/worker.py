@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.devices import DeviceUnavailableError
     from models.facellava.checkpoint import CheckpointError, check_model_source
-    from models.retinaface import CheckpointError as DetectorWeightsError
-    from models.retinaface import RetinaFaceDetector
+    from models.retinaface import DetectorCheckpointError, RetinaFaceDetector
     from models.weights import WeightsError
     from worker.logs import configure_logging
     from worker.settings import Settings
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         detector = RetinaFaceDetector.from_options(settings.detector)
-    except (WeightsError, DetectorWeightsError, DeviceUnavailableError) as exc:
+    except (WeightsError, DetectorCheckpointError, DeviceUnavailableError) as exc:
         log.error("cannot start: detector weights", error=" ".join(str(exc).split()))
         return EXIT_SETUP
     from worker.service import Worker
