@@ -138,10 +138,10 @@ def their_faces(
 
 
 def _authors_cut(box: np.ndarray, frame_wh: tuple[int, int]) -> tuple[int, int, int, int]:
-    from ingest.crop_geometry import authors_cut_xyxy, clip_to_frame
+    from ingest.crop_geometry import authors_cut_xyxy, mediapipe_pixel_box
 
     x1, y1, x2, y2 = (float(v) for v in box)
-    return authors_cut_xyxy(clip_to_frame((x1, y1, x2, y2), frame_wh), frame_wh)
+    return authors_cut_xyxy(mediapipe_pixel_box((x1, y1, x2, y2), frame_wh), frame_wh)
 
 
 def match_faces(
@@ -212,13 +212,14 @@ def crop_ious_for(faces: MatchedFaces, centre_dy: float, side_scale: float) -> n
     cx = (box[:, 0] + box[:, 2]) / 2
     cy = (box[:, 1] + box[:, 3]) / 2 + centre_dy * mean_side
     half = side_scale * mean_side / 2
-    x1, y1 = np.maximum(cx - half, 0), np.maximum(cy - half, 0)
-    x2, y2 = np.minimum(cx + half, width), np.minimum(cy + half, height)
-    side = ((x2 - x1) + (y2 - y1)) / 2
+    # MediaPipe's pixel box (see `mediapipe_pixel_box`), then the authors' cut.
+    x1, y1 = np.clip(np.trunc(cx - half), 0, width), np.clip(np.trunc(cy - half), 0, height)
+    w, h = np.clip(np.trunc(2 * half), 0, width), np.clip(np.trunc(2 * half), 0, height)
+    side = (w + h) / 2
     ours = np.stack(
         [
-            np.trunc(x1),
-            np.trunc(y1),
+            x1,
+            y1,
             np.trunc(np.minimum(x1 + side, width - 1)),
             np.trunc(np.minimum(y1 + side, height - 1)),
         ],
