@@ -1,7 +1,7 @@
 """Where a face's Face-LLaVA crop is cut: the region of the frame, from our detector's box.
 
 The authors' crop tool (see `face-llava.md`, Preprocessing) takes MediaPipe BlazeFace's
-box (x, y, w, h), which MediaPipe clips to the frame, and cuts
+pixel box (x, y, w, h) and cuts
 `[int(max(0, x)), int(max(0, y))]` to `[int(min(x + a, W - 1)), int(min(y + a, H - 1))]`
 with `a = (w + h) / 2`. BlazeFace boxes are square and sit lower than RetinaFace's, so
 `facellava` mode first estimates BlazeFace's box from the RetinaFace box:
@@ -10,7 +10,10 @@ with `a = (w + h) / 2`. BlazeFace boxes are square and sit lower than RetinaFace
     centre = (box centre x, box centre y + BLAZEFACE_CENTRE_DY · m)
     side = BLAZEFACE_SIDE_SCALE · m
 
-then clips that square to the frame (as MediaPipe does) and applies the authors' cut.
+then turns that square into a pixel box the way MediaPipe does (`mediapipe_pixel_box`:
+each of x, y, w, h truncated to whole pixels and held inside [0, W] or [0, H] on its
+own, so a box that starts left of the frame starts at 0 with its full width) and applies
+the authors' cut.
 Two numbers, in face-scale units; no horizontal offset, so a mirrored face gets the
 mirrored region. They were fitted by `scripts/crop_geometry_fit.py` on the authors'
 detector output for the three test clips (it prints the fit, leave-one-clip-out and
@@ -70,13 +73,25 @@ def authors_cut_xyxy(
     )
 
 
-def clip_to_frame(
+def mediapipe_pixel_box(
     box_xyxy: tuple[float, float, float, float], frame_wh: tuple[int, int]
 ) -> tuple[float, float, float, float]:
-    """A box clipped to [0, W] × [0, H], as MediaPipe reports boxes."""
+    """A float box as MediaPipe's face detector reports it in pixels, as xyxy.
+
+    MediaPipe (DetectionTransformationCalculator) converts each of origin x, origin y,
+    width and height separately: truncated to an int, then held inside [0, W] (x, w) or
+    [0, H] (y, h). The width is not shortened when the origin is moved to 0, and the box
+    may end past the right or bottom edge (e.g. [495, 44, 157, 157] on a 640-wide frame).
+    """
     x1, y1, x2, y2 = box_xyxy
     frame_w, frame_h = frame_wh
-    return max(x1, 0.0), max(y1, 0.0), min(x2, float(frame_w)), min(y2, float(frame_h))
+
+    def bounded(value: float, upper: int) -> int:
+        return max(min(int(value), upper), 0)
+
+    x, y = bounded(x1, frame_w), bounded(y1, frame_h)
+    w, h = bounded(x2 - x1, frame_w), bounded(y2 - y1, frame_h)
+    return float(x), float(y), float(x + w), float(y + h)
 
 
 def crop_region_xyxy(
@@ -90,7 +105,9 @@ def crop_region_xyxy(
     frame: use `centered_square_xyxy` for them.
     """
     if mode == "facellava":
-        return authors_cut_xyxy(clip_to_frame(blazeface_box_xyxy(box_xyxy), frame_wh), frame_wh)
+        return authors_cut_xyxy(
+            mediapipe_pixel_box(blazeface_box_xyxy(box_xyxy), frame_wh), frame_wh
+        )
     if mode == "box_corner":
         x1, y1, x2, y2 = (float(v) for v in box_xyxy)
         return authors_cut_xyxy((x1, y1, x2, y2), frame_wh)

@@ -50,7 +50,9 @@ class MatchedFaces:
     N matched faces; `frame_wh` the frame size; `unmatched` how many of theirs found no
     face of ours. `keypoint_gap` (N,): how far their eye midpoint and mouth keypoint lie
     from ours (the larger, over our eye–mouth distance); `faces_in_frame` (N,): how many
-    faces their detector found in that frame (their tool keeps frames with exactly one).
+    faces their detector found in that frame (their tool keeps frames with exactly one);
+    `keypoints_outside` (N,): some of their eye, nose and mouth keypoints lie outside
+    our box for the face.
     """
 
     name: str
@@ -60,6 +62,7 @@ class MatchedFaces:
     unmatched: int
     keypoint_gap: np.ndarray
     faces_in_frame: np.ndarray
+    keypoints_outside: np.ndarray
 
     @property
     def total(self) -> int:
@@ -138,10 +141,10 @@ def their_faces(
 
 
 def _authors_cut(box: np.ndarray, frame_wh: tuple[int, int]) -> tuple[int, int, int, int]:
-    from ingest.crop_geometry import authors_cut_xyxy, clip_to_frame
+    from ingest.crop_geometry import authors_cut_xyxy, mediapipe_pixel_box
 
     x1, y1, x2, y2 = (float(v) for v in box)
-    return authors_cut_xyxy(clip_to_frame((x1, y1, x2, y2), frame_wh), frame_wh)
+    return authors_cut_xyxy(mediapipe_pixel_box((x1, y1, x2, y2), frame_wh), frame_wh)
 
 
 def match_faces(
@@ -153,7 +156,7 @@ def match_faces(
     """Pair each of their faces with one of ours per frame (box IoU, greedy, ≥ 0.3)."""
     if len(theirs) != len(ours):
         raise ValueError(f"{name}: {len(theirs)} reference frames but {len(ours)} decoded")
-    ours_rows, crops, gaps, counts, unmatched = [], [], [], [], 0
+    ours_rows, crops, gaps, counts, outside, unmatched = [], [], [], [], [], 0
     for their_frame, detections in zip(theirs, ours, strict=True):
         pairs = []
         for i, (box, _, _) in enumerate(their_frame):
@@ -171,6 +174,18 @@ def match_faces(
             crops.append(their_frame[i][1])
             gaps.append(_keypoint_gap(detections.landmarks[j], their_frame[i][2]))
             counts.append(len(their_frame))
+            x1, y1, x2, y2 = detections.xyxy[j]
+            points = their_frame[i][2][:4]
+            outside.append(
+                bool(
+                    np.any(
+                        (points[:, 0] < x1)
+                        | (points[:, 0] > x2)
+                        | (points[:, 1] < y1)
+                        | (points[:, 1] > y2)
+                    )
+                )
+            )
         unmatched += len(their_frame) - len(used_theirs)
     return MatchedFaces(
         name=name,
@@ -180,6 +195,7 @@ def match_faces(
         unmatched=unmatched,
         keypoint_gap=np.array(gaps),
         faces_in_frame=np.array(counts),
+        keypoints_outside=np.array(outside, bool),
     )
 
 
@@ -212,13 +228,14 @@ def crop_ious_for(faces: MatchedFaces, centre_dy: float, side_scale: float) -> n
     cx = (box[:, 0] + box[:, 2]) / 2
     cy = (box[:, 1] + box[:, 3]) / 2 + centre_dy * mean_side
     half = side_scale * mean_side / 2
-    x1, y1 = np.maximum(cx - half, 0), np.maximum(cy - half, 0)
-    x2, y2 = np.minimum(cx + half, width), np.minimum(cy + half, height)
-    side = ((x2 - x1) + (y2 - y1)) / 2
+    # MediaPipe's pixel box (see `mediapipe_pixel_box`), then the authors' cut.
+    x1, y1 = np.clip(np.trunc(cx - half), 0, width), np.clip(np.trunc(cy - half), 0, height)
+    w, h = np.clip(np.trunc(2 * half), 0, width), np.clip(np.trunc(2 * half), 0, height)
+    side = (w + h) / 2
     ours = np.stack(
         [
-            np.trunc(x1),
-            np.trunc(y1),
+            x1,
+            y1,
             np.trunc(np.minimum(x1 + side, width - 1)),
             np.trunc(np.minimum(y1 + side, height - 1)),
         ],
@@ -306,6 +323,16 @@ def main() -> None:
         f"  their keypoints > 0.3 eye-mouth distances from ours on {100 * apart.mean():.0f} % "
         f"of matched faces; IoU there {ious[apart].mean():.3f}, elsewhere {ious[~apart].mean():.3f}"
     )
+    out = hamilton.keypoints_outside
+    print(
+        f"  their eye/nose/mouth keypoints outside our box for the face on "
+        f"{100 * out.mean():.0f} % "
+        f"({out.sum()}) of matched faces, IoU there {ious[out].mean():.3f}; "
+        f"{100 * (hamilton.faces_in_frame[out] > 1).mean():.0f} % of those in frames where "
+        f"they found 2-3 faces"
+    )
+    agree = ~apart & ~out
+    print(f"  both agree (neither of the above): {agree.sum()} faces, IoU {ious[agree].mean():.3f}")
     for count in (1, 2, 3):
         kept = hamilton.faces_in_frame == count
         if kept.any():
