@@ -361,6 +361,17 @@ def test_windows_of_a_stopped_stream_are_not_queued(bare_worker) -> None:
     assert _metric(bare_worker, "facestream_windows_dropped_total", reason="stream_stopped") == 1
 
 
+def test_stopping_a_stream_makes_the_model_stage_forget_its_people(bare_worker) -> None:
+    bare_worker.build_stages(None, None)  # type: ignore[arg-type]
+    policy = bare_worker.model._static
+    assert policy is not None, "static tasks are on by default"
+    policy.mark_answered("cam-u", 1, (Task.AGE,), 0.5, at_s=0.0)
+    assert policy.tasks_for("cam-u", 1, (Task.AGE,), 0.5, at_s=2.0) == ()
+    bare_worker.supervisor.stop(_record(bare_worker), forget=False)
+    bare_worker.model._apply_forgotten()  # what the model thread does before its next windows
+    assert policy.tasks_for("cam-u", 1, (Task.AGE,), 0.5, at_s=2.0) == (Task.AGE,)
+
+
 def test_source_drops_and_pipeline_counters_reach_metrics_and_vanish_with_the_stream(
     bare_worker,
 ) -> None:

@@ -190,13 +190,14 @@ class ModelStage(StageThread):
         """Step until stopped and drained."""
         failures_in_row = 0
         while True:
-            self._apply_forgotten()
             busy = self._stepper.busy
             room = self._stepper.room()
             jobs: list[WindowJob] = []
             if room:
                 wait_s = 0.0 if busy else _IDLE_TAKE_TIMEOUT_S
                 jobs = self._queue.take(room, 0.0 if busy else self._batch_wait_s, wait_s)
+            # After the take: a restarted stream's windows were queued after its forget.
+            self._apply_forgotten()
             self._join(jobs)
             if not self._stepper.busy:
                 if self.stopping.is_set() and not len(self._queue):
