@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from models.facellava.answers import parse_answer
+from models.facellava.batch_limits import resolve_batch_clips
 from models.facellava.engine import GenerationEngine, GenerationRequest, GenerationResult
 from models.facellava.options import ModelOptions
 from models.facellava.tasks import TASK_MODALITY, Task
@@ -48,11 +49,20 @@ class FaceAnswerer:
     def from_loaded(
         cls, loaded: LoadedModel, options: ModelOptions, worker_id: str
     ) -> FaceAnswerer:
-        """Wrap an already loaded model in an engine with the options' generation knobs."""
+        """Wrap an already loaded model in an engine with the options' generation knobs
+        (an "auto" `max_batch_clips` sized from the free device memory now)."""
+        batch_clips = resolve_batch_clips(options.max_batch_clips, loaded.model)
+        options = options.model_copy(update={"max_batch_clips": batch_clips})
         engine = GenerationEngine.from_options(
             loaded.model, loaded.tokenizer, options, loaded.eos_token_id
         )
-        log.info("model loaded", model=options.model, report=loaded.report.summary())
+        log.info(
+            "model loaded",
+            model=options.model,
+            report=loaded.report.summary(),
+            max_batch_clips=engine.max_batch_clips,
+            engine_visuals=engine.max_visuals,
+        )
         return cls(engine, model_id=options.model, worker_id=worker_id)
 
     def answer(self, jobs: Sequence[WindowJob]) -> list[FaceEvent]:
