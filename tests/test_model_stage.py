@@ -207,3 +207,28 @@ def test_a_person_second_window_does_not_ask_static_tasks_still_being_answered(
         for entry in windows._in_flight.values()
     }
     assert held == {2.5: ALL, 4.5: (Task.EMOTION, Task.ACTION_UNITS)}
+
+
+def test_a_window_the_engine_refuses_is_dropped_once_and_the_others_are_answered(
+    loaded, crops
+) -> None:
+    clip, image = crops
+    bad = _job((clip, image[..., :2]), track_id=1)  # a 2-channel image: refused after its clip
+    good = _job(crops, track_id=2)
+    queue = WindowQueue(16, 30.0)
+    sink = Sink()
+    windows = EngineWindows(_answerer(loaded))
+    stage = ModelStage(windows, queue, sink, Metrics(), batch_wait_s=0.0)
+    queue.put(bad)
+    queue.put(good)
+    stage.start()
+    _answered(queue, "cam")
+    deadline = time.monotonic() + 30
+    while windows.busy:  # the refused window's clip still runs out in the engine
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert {e.track_id for e in sink.events} == {2}
+    assert queue.drops["model_error"] == 1
+    assert not queue.has_stream("cam")
+    stage.stop()
+    stage.join(10)

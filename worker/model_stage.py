@@ -92,6 +92,7 @@ class WindowStepper(Protocol):
 class _InFlight:
     job: WindowJob
     visuals_left: int
+    abandoned: bool = False  # part of it was refused: the stage dropped it, answers unused
 
 
 class EngineWindows:
@@ -108,7 +109,7 @@ class EngineWindows:
 
     @property
     def busy(self) -> bool:
-        """Windows are in the engine."""
+        """Requests are in the engine."""
         return bool(self._in_flight)
 
     def room(self) -> int:
@@ -128,9 +129,10 @@ class EngineWindows:
                 submitted += 1
         finally:
             if submitted:
-                # A refused image after an accepted clip: the clip still runs; its answers
-                # are published, the image's tasks are lost with the error.
-                self._in_flight[key] = _InFlight(job, submitted)
+                # A refused image after an accepted clip: the caller drops the window; the
+                # clip cannot be taken back from the engine, so its answers go unused.
+                abandoned = submitted < len(requests)
+                self._in_flight[key] = _InFlight(job, submitted, abandoned)
 
     def step(self) -> list[WindowAnswers]:
         """One engine step; its finished requests as window answers."""
@@ -142,6 +144,8 @@ class EngineWindows:
             finished = entry.visuals_left == 0
             if finished:
                 del self._in_flight[key]
+            if entry.abandoned:
+                continue
             events = tuple(self.answerer.events_for(entry.job, result))
             answers.append(WindowAnswers(entry.job, events, finished))
         return answers
@@ -149,7 +153,7 @@ class EngineWindows:
     def abort(self) -> list[WindowJob]:
         """Forget the windows in the engine (it dropped them itself when its step failed)."""
         self.answerer.engine.reset()
-        jobs = [entry.job for entry in self._in_flight.values()]
+        jobs = [entry.job for entry in self._in_flight.values() if not entry.abandoned]
         self._in_flight.clear()
         return jobs
 
