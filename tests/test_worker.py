@@ -25,10 +25,11 @@ import pytest
 import redis
 
 from ingest.sources import SourceState
-from worker.answering import MODEL_FAILURES_IN_ROW, ModelStage
+from models.facellava.tasks import Task
 from worker.detection import DETECTOR_FAILURES_IN_ROW
 from worker.events import FaceEvent, event_id_for
 from worker.intake import StreamRecord
+from worker.model_stage import MODEL_FAILURES_IN_ROW, ModelStage
 from worker.scheduler import WindowJob, WindowQueue
 from worker.service import SUPERVISOR_STALL_S, Worker
 from worker.settings import Settings
@@ -197,22 +198,49 @@ def _record(worker: Worker, stream_id: str = "cam-u") -> StreamRecord:
 def _job(stream_id: str, track_id: int = 1) -> WindowJob:
     window = SimpleNamespace(stream_id=stream_id, track_id=track_id)
     request = SimpleNamespace(clip=SimpleNamespace(window=window), image=None)
-    return WindowJob(request, ())  # type: ignore[arg-type]
+    return WindowJob(request, (Task.EMOTION,))  # type: ignore[arg-type]
 
 
 def _pending_status(worker: Worker, stream_id: str) -> StreamStatus | None:
     return worker.publisher._pending_status[stream_id]
 
 
-def _model_stage(worker: Worker, answerer: object) -> ModelStage:
+def _model_stage(worker: Worker, stepper: object) -> ModelStage:
     return ModelStage(
-        answerer,  # type: ignore[arg-type]
+        stepper,  # type: ignore[arg-type]
         worker.queue,
         worker.publisher,
         worker.metrics,
-        max_batch=4,
         batch_wait_s=0.0,
     )
+
+
+class FailingSteps:
+    """A model whose every decode step fails: a broken GPU cannot be had here, so this
+    stands in for the engine (the stage's own loop and counters are real)."""
+
+    def __init__(self, error: str = "boom") -> None:
+        self.error = error
+        self.steps = 0
+        self.held: list[WindowJob] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.held)
+
+    def room(self) -> int:
+        return 4
+
+    def submit(self, job: WindowJob) -> None:
+        self.held.append(job)
+
+    def step(self) -> list:
+        self.steps += 1
+        raise RuntimeError(self.error)
+
+    def abort(self) -> list[WindowJob]:
+        held, self.held = self.held, []
+        return held
 
 
 def _metric(worker: Worker, name: str, **labels: str) -> float | None:
@@ -267,11 +295,7 @@ def test_finite_stream_is_done_only_after_its_last_window_is_answered(bare_worke
 
 
 def test_model_loop_marks_a_failed_batch_done(bare_worker) -> None:
-    class Failing:
-        def answer(self, jobs):
-            raise RuntimeError("boom")
-
-    stage = _model_stage(bare_worker, Failing())
+    stage = _model_stage(bare_worker, FailingSteps())
     bare_worker.queue.put(_job("cam-u"))
     stage.start()
     deadline = time.monotonic() + 5
@@ -288,19 +312,13 @@ def test_model_loop_marks_a_failed_batch_done(bare_worker) -> None:
 def test_model_loop_survives_a_failed_batch_and_ends_only_after_repeated_failures(
     bare_worker,
 ) -> None:
-    class Failing:
-        calls = 0
-
-        def answer(self, jobs):
-            Failing.calls += 1
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    bare_worker.model = _model_stage(bare_worker, Failing())
+    failing = FailingSteps("CUDA error: an illegal memory access was encountered")
+    bare_worker.model = _model_stage(bare_worker, failing)
     bare_worker.model.start()  # as run() does: death is logged
     for track_id in range(MODEL_FAILURES_IN_ROW - 1):
         bare_worker.queue.put(_job("cam-m", track_id))
         deadline = time.monotonic() + 5
-        while Failing.calls <= track_id and time.monotonic() < deadline:
+        while failing.steps <= track_id and time.monotonic() < deadline:
             time.sleep(0.01)
     time.sleep(0.1)
     assert bare_worker.model.is_alive(), "one failed batch must not end the model loop"
@@ -341,6 +359,17 @@ def test_windows_of_a_stopped_stream_are_not_queued(bare_worker) -> None:
     bare_worker.detection.enqueue(record, [_job("cam-u").request])  # a moment late
     assert len(bare_worker.queue) == 0
     assert _metric(bare_worker, "facestream_windows_dropped_total", reason="stream_stopped") == 1
+
+
+def test_stopping_a_stream_makes_the_model_stage_forget_its_people(bare_worker) -> None:
+    bare_worker.build_stages(None, None)  # type: ignore[arg-type]
+    policy = bare_worker.model._static
+    assert policy is not None, "static tasks are on by default"
+    policy.mark_answered("cam-u", 1, (Task.AGE,), 0.5, at_s=0.0)
+    assert policy.tasks_for("cam-u", 1, (Task.AGE,), 0.5, at_s=2.0) == ()
+    bare_worker.supervisor.stop(_record(bare_worker), forget=False)
+    bare_worker.model._apply_forgotten()  # what the model thread does before its next windows
+    assert policy.tasks_for("cam-u", 1, (Task.AGE,), 0.5, at_s=2.0) == (Task.AGE,)
 
 
 def test_source_drops_and_pipeline_counters_reach_metrics_and_vanish_with_the_stream(

@@ -1,43 +1,33 @@
-"""The model stage: window jobs → Face-LLaVA questions → `FaceEvent`s → the publisher.
+"""Window jobs → Face-LLaVA questions → `FaceEvent`s.
 
 A window asks its stream's tasks; each task goes to the modality the authors recommend
 (emotion → the 8-crop clip; age, attributes, action units → the best single crop). All
 questions of one visual share its prefill inside the engine. `FaceAnswerer` is used by
-the worker's `model` thread (`ModelStage`, input: the window queue) and by
-`facestream analyze --model`.
+the worker's `model` thread (`worker.model_stage`: `requests_for` / `events_for`, one
+engine step at a time) and by `facestream analyze --model` (`answer`: a list of windows
+run to completion).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from models.facellava.answers import parse_answer
-from models.facellava.engine import GenerationEngine, GenerationRequest
+from models.facellava.batch_limits import resolve_batch_clips
+from models.facellava.engine import GenerationEngine, GenerationRequest, GenerationResult
 from models.facellava.options import ModelOptions
 from models.facellava.tasks import TASK_MODALITY, Task
 from worker.events import FaceEvent, event_id_for
-from worker.metrics import Metrics
-from worker.publisher import EventPublisher
-from worker.scheduler import WindowJob, WindowQueue
-from worker.stage import StageThread
+from worker.scheduler import WindowJob
 
 if TYPE_CHECKING:
     from models.facellava.checkpoint import LoadedModel
 
 log = structlog.get_logger(__name__)
-
-MODEL_FAILURES_IN_ROW = 10  # failed batches in a row before the thread gives up (/healthz)
-_TAKE_TIMEOUT_S = 0.5
-
-
-class Answerer(Protocol):
-    """What the model stage needs: one event per (job, task) of a batch."""
-
-    def answer(self, jobs: Sequence[WindowJob]) -> list[FaceEvent]: ...
 
 
 class FaceAnswerer:
@@ -59,11 +49,20 @@ class FaceAnswerer:
     def from_loaded(
         cls, loaded: LoadedModel, options: ModelOptions, worker_id: str
     ) -> FaceAnswerer:
-        """Wrap an already loaded model in an engine with the options' generation knobs."""
+        """Wrap an already loaded model in an engine with the options' generation knobs
+        (an "auto" `max_batch_clips` sized from the free device memory now)."""
+        batch_clips = resolve_batch_clips(options.max_batch_clips, loaded.model)
+        options = options.model_copy(update={"max_batch_clips": batch_clips})
         engine = GenerationEngine.from_options(
             loaded.model, loaded.tokenizer, options, loaded.eos_token_id
         )
-        log.info("model loaded", model=options.model, report=loaded.report.summary())
+        log.info(
+            "model loaded",
+            model=options.model,
+            report=loaded.report.summary(),
+            max_batch_clips=engine.max_batch_clips,
+            engine_visuals=engine.max_visuals,
+        )
         return cls(engine, model_id=options.model, worker_id=worker_id)
 
     def answer(self, jobs: Sequence[WindowJob]) -> list[FaceEvent]:
@@ -96,6 +95,32 @@ class FaceAnswerer:
         log.debug("answered", jobs=len(jobs), events=len(events), streams=streams)
         return events
 
+    def requests_for(self, job: WindowJob, key: Hashable) -> list[GenerationRequest]:
+        """The engine requests of one window: its clip (video tasks) and its best image
+        (image tasks), keyed `(key, modality)`; none when it asks nothing."""
+        requests = []
+        video_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "video"]
+        image_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "image"]
+        if video_tasks:
+            requests.append(
+                GenerationRequest.for_tasks((key, "video"), job.request.clip.crops_rgb, video_tasks)
+            )
+        if image_tasks:
+            requests.append(
+                GenerationRequest.for_tasks((key, "image"), job.request.image.crop_rgb, image_tasks)
+            )
+        return requests
+
+    def events_for(self, job: WindowJob, result: GenerationResult) -> list[FaceEvent]:
+        """One event per answer of one finished request of `job`, made now."""
+        now_s = time.time()
+        events = []
+        for answer in result.answers:
+            task = answer.question.task
+            assert task is not None  # requests_for always sets it
+            events.append(self._event(job, Task(task), answer.text, now_s))
+        return events
+
     def _event(self, job: WindowJob, task: Task, text: str, now_s: float) -> FaceEvent:
         window = job.request.clip.window
         return FaceEvent(
@@ -114,61 +139,3 @@ class FaceAnswerer:
             model_id=self.model_id,
             worker_id=self.worker_id,
         )
-
-
-class ModelStage(StageThread):
-    """Thread `model`: batches from the window queue → the answerer → the publisher.
-
-    A failed batch is dropped (counted as `model_error`); only `MODEL_FAILURES_IN_ROW`
-    failures in a row end the thread. After `stop()` it answers what is still queued and
-    ends once the queue is empty (or closed)."""
-
-    def __init__(
-        self,
-        answerer: Answerer,
-        queue: WindowQueue,
-        publisher: EventPublisher,
-        metrics: Metrics,
-        *,
-        max_batch: int,
-        batch_wait_s: float,
-    ) -> None:
-        super().__init__("model")
-        self._answerer = answerer
-        self._queue = queue
-        self._publisher = publisher
-        self._metrics = metrics
-        self._max_batch = max_batch
-        self._batch_wait_s = batch_wait_s
-
-    def run(self) -> None:
-        """Answer batches until stopped and drained."""
-        failures_in_row = 0
-        while True:
-            jobs = self._queue.take(self._max_batch, self._batch_wait_s, _TAKE_TIMEOUT_S)
-            if not jobs:
-                if self.stopping.is_set() and not len(self._queue):
-                    return
-                continue
-            self._metrics.model_batch_size.observe(len(jobs))
-            try:
-                try:
-                    events = self._answerer.answer(jobs)
-                    failures_in_row = 0
-                except Exception:
-                    log.exception("model batch failed; its windows are dropped", jobs=len(jobs))
-                    self._queue.count_drop("model_error", len(jobs))
-                    failures_in_row += 1
-                    if failures_in_row >= MODEL_FAILURES_IN_ROW:
-                        raise  # the thread ends; /healthz reports the model loop dead
-                    events = []
-                self._publish(events)
-            finally:
-                self._queue.done(jobs)  # after publishing: a finished stream's events are out
-
-    def _publish(self, events: list[FaceEvent]) -> None:
-        now_s = time.time()
-        for event in events:
-            self._publisher.publish(event)
-            self._metrics.events.labels(str(event.task)).inc()
-            self._metrics.frame_to_event_s.observe(max(0.0, now_s - event.frame_wall_time_s))

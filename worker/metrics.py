@@ -83,7 +83,7 @@ class Metrics:
         )
         self.model_batch_size = Histogram(
             "facestream_model_batch_size",
-            "Windows per model batch.",
+            "Windows taken from the queue to join the engine at one step.",
             buckets=BATCH_BUCKETS,
             registry=r,
         )

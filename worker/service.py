@@ -12,7 +12,8 @@ worker runs"):
   source's queue (`FACESTREAM_SOURCE__QUEUE_FRAMES`; live drops oldest, a file waits).
 - `detector` (`worker.detection`): pulls the frames of every stream, detects them in one
   batch, tracks and windows them → `WindowJob`s into the window queue (`worker.scheduler`).
-- `model` (`worker.answering`): window batches → `FaceEvent`s → the publisher.
+- `model` (`worker.model_stage`): windows join the engine at decode-step boundaries;
+  answers → `FaceEvent`s (`worker.answering`) → the publisher as each one finishes.
 - `redis-publisher` (`worker.publisher`) and `http-health` (`worker.health`).
 """
 
@@ -27,11 +28,11 @@ from collections.abc import Callable
 import structlog
 
 from ingest.pipeline import FaceDetector
-from worker.answering import Answerer, ModelStage
 from worker.detection import DetectionStage
 from worker.health import HealthServer
 from worker.intake import StreamTable
 from worker.metrics import Metrics
+from worker.model_stage import ModelStage, WindowStepper, static_task_policy
 from worker.publisher import EventPublisher
 from worker.scheduler import WindowQueue
 from worker.settings import Settings
@@ -52,7 +53,7 @@ class Worker:
         settings: Settings,
         *,
         detector_factory: Callable[[], FaceDetector] | None = None,
-        answerer_factory: Callable[[], Answerer] | None = None,
+        answerer_factory: Callable[[], WindowStepper] | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
@@ -73,6 +74,7 @@ class Worker:
             wake_detector=self.wake_detector,
             mark_done=lambda stream_id: self.watcher.mark_done(stream_id),
             on_invalid_spec=self.metrics.invalid_specs.inc,
+            on_stream_stopped=self._forget_stream,
         )
         self.watcher = AssignmentWatcher(
             settings.kafka,
@@ -100,10 +102,15 @@ class Worker:
 
         return RetinaFaceDetector.from_options(self.settings.detector)
 
-    def _default_answerer(self) -> Answerer:
+    def _default_answerer(self) -> WindowStepper:
         from worker.answering import FaceAnswerer
+        from worker.model_stage import EngineWindows
 
-        return FaceAnswerer.from_options(self.settings.model, self.worker_id)
+        return EngineWindows(FaceAnswerer.from_options(self.settings.model, self.worker_id))
+
+    def _forget_stream(self, stream_id: str) -> None:
+        if self.model is not None:
+            self.model.forget_stream(stream_id)
 
     @property
     def http_port(self) -> int:
@@ -132,7 +139,7 @@ class Worker:
         """Begin a graceful stop (what SIGTERM does)."""
         self._stop_requested.set()
 
-    def build_stages(self, detector: FaceDetector, answerer: Answerer) -> None:
+    def build_stages(self, detector: FaceDetector, answerer: WindowStepper) -> None:
         """The detector and model stages around loaded models (not started)."""
         self.detection = DetectionStage(
             detector,
@@ -147,8 +154,8 @@ class Worker:
             self.queue,
             self.publisher,
             self.metrics,
-            max_batch=self.settings.model.max_batch_clips,
             batch_wait_s=self.settings.scheduler.batch_wait_ms / 1000,
+            static_tasks=static_task_policy(self.settings),
         )
 
     def run(self) -> int:

@@ -94,7 +94,29 @@ class SchedulerSettings(BaseModel):
 
     model_queue_windows: int = Field(64, ge=1, description="Windows waiting for the model.")
     max_window_age_s: float = Field(30.0, gt=0, description="Older waiting windows are dropped.")
-    batch_wait_ms: int = Field(20, ge=0, description="How long a batch waits to fill.")
+    batch_wait_ms: int = Field(
+        20, ge=0, description="How long an idle model waits for more windows to join at once."
+    )
+
+
+class StaticTaskSettings(BaseModel):
+    """Age and attributes: asked once per person, not every window (`worker/static_tasks.py`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    refresh_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Ask a person's age and attributes again after this many stream seconds; "
+        "0 = every window.",
+    )
+    quality_margin: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Ask them again sooner when a window's best crop scores this much higher "
+        "(crop quality 0..1) than the crop they were answered on.",
+    )
 
 
 class HttpSettings(BaseModel):
@@ -150,6 +172,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    static_tasks: StaticTaskSettings = Field(default_factory=StaticTaskSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 

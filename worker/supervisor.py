@@ -41,6 +41,7 @@ class Supervisor:
         wake_detector: threading.Event,
         mark_done: Callable[[str], bool],
         on_invalid_spec: Callable[[], None],
+        on_stream_stopped: Callable[[str], None] = lambda _stream_id: None,
     ) -> None:
         self._settings = settings
         self._streams = streams
@@ -49,6 +50,7 @@ class Supervisor:
         self._wake_detector = wake_detector
         self._mark_done = mark_done
         self._on_invalid_spec = on_invalid_spec
+        self._on_stream_stopped = on_stream_stopped
         self.changed = threading.Event()
         self._pending_lock = threading.Lock()
         self._pending: dict[str, StreamSpec | None] = {}  # None = stop and forget
@@ -129,6 +131,7 @@ class Supervisor:
         was_active = record.active
         record.stop()
         self._streams.remove(record)  # after this the detector refuses its windows
+        self._on_stream_stopped(record.stream_id)  # a restart's track ids are new people
         if not was_active:
             return  # failed or done before: its status stays as it was
         self._queue.drop_stream(record.stream_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,8 +37,12 @@ class ModelOptions(BaseModel):
         ),
     )
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Answer length cap (tokens).")
-    max_batch_clips: int = Field(
-        8, ge=1, description="Most clips/images in one tower batch (admitted per engine step)."
+    max_batch_clips: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Most clips/images in one tower batch (admitted per engine step); auto = as many "
+            "as fit in 10% of the free device memory (max 32)."
+        ),
     )
     engine_visuals: int | Literal["auto"] = Field(
         "auto",

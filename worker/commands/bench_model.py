@@ -386,6 +386,7 @@ def _run_arrivals(
     import numpy as np
     import torch
 
+    from models.facellava.batch_limits import resolve_batch_clips
     from models.facellava.engine import GenerationEngine
 
     if args.requests < 1 or args.arrival_rate < 0:
@@ -402,7 +403,7 @@ def _run_arrivals(
         model,
         tokenizer,
         max_new_tokens=options.max_new_tokens,
-        max_batch_clips=options.max_batch_clips,
+        max_batch_clips=resolve_batch_clips(options.max_batch_clips, model),
         max_visuals=max_visuals,
         memory_fraction=options.kv_memory_fraction,
         ignore_eos=random_weights,
