@@ -274,6 +274,11 @@ class GenerationEngine:
             m: [None] * max_visuals for m in MODALITY_ORDER
         }
         self._pending: dict[Modality, deque[RequestHandle]] = {m: deque() for m in MODALITY_ORDER}
+        # Bookkeeping kept in step with `_slots` so a step never scans every slot in
+        # Python: which lanes hold a decoding row, and which slots still have questions
+        # waiting for a lane (a slot leaves the set when its last question got one).
+        self._live = {m: np.zeros((max_visuals, self.lanes[m]), bool) for m in MODALITY_ORDER}
+        self._waiting_slots: dict[Modality, set[int]] = {m: set() for m in MODALITY_ORDER}
 
     @classmethod
     def from_options(
@@ -352,13 +357,7 @@ class GenerationEngine:
     @property
     def active(self) -> int:
         """Questions decoding now (rows on a lane)."""
-        return sum(
-            row is not None
-            for visuals in self._slots.values()
-            for visual in visuals
-            if visual is not None
-            for row in visual.lanes
-        )
+        return int(sum(live.sum() for live in self._live.values()))
 
     @property
     def pending(self) -> int:
@@ -494,20 +493,25 @@ class GenerationEngine:
             for slot, handle in zip(slots, handles, strict=True):
                 waiting = deque(range(len(handle.request.questions)))
                 self._slots[modality][slot] = _Visual(handle, waiting, [None] * lanes)
+                self._waiting_slots[modality].add(slot)
 
     def _start_questions(self, finished: list[GenerationResult]) -> None:
         """Waiting questions onto free lanes of their visual; prefill their suffixes."""
         new_rows: list[NewRow] = []
         for modality in MODALITY_ORDER:
-            for slot, visual in enumerate(self._slots[modality]):
-                if visual is None:
-                    continue
+            waiting_slots = self._waiting_slots[modality]
+            for slot in sorted(waiting_slots):
+                visual = self._slots[modality][slot]
+                assert visual is not None
                 for lane, row in enumerate(visual.lanes):
                     if row is None and visual.waiting:
                         question = visual.waiting.popleft()
                         visual.lanes[lane] = _Row(question)
+                        self._live[modality][slot, lane] = True
                         suffix = visual.handle.suffix_ids[question]
                         new_rows.append(NewRow(modality, slot, lane, suffix))
+                if not visual.waiting:
+                    waiting_slots.discard(slot)
         if not new_rows:
             return
         tokens = self.decoder.prefill_suffix(new_rows)
@@ -520,12 +524,8 @@ class GenerationEngine:
         """One token for every active lane, all modalities in one batch."""
         used: dict[Modality, int] = {}
         for modality in MODALITY_ORDER:
-            occupied = [
-                s
-                for s, visual in enumerate(self._slots[modality])
-                if visual is not None and any(row is not None for row in visual.lanes)
-            ]
-            used[modality] = bucket_for(max(occupied) + 1 if occupied else 0, self.buckets)
+            occupied = np.flatnonzero(self._live[modality].any(axis=1))
+            used[modality] = bucket_for(int(occupied[-1]) + 1 if occupied.size else 0, self.buckets)
         if not any(used.values()):
             return
         active = self.active
@@ -537,17 +537,16 @@ class GenerationEngine:
         ] += 1
         offset = 0
         for modality in MODALITY_ORDER:
-            lanes = self.lanes[modality]
+            count, lanes = used[modality], self.lanes[modality]
+            live = self._live[modality][:count]
             state = self.decoder.states[modality]
-            for slot in range(used[modality]):
-                visual = self._slots[modality][slot]
-                for lane in range(lanes):
-                    if visual is not None and visual.lanes[lane] is not None:
-                        state.stored[slot, lane] += 1
-                        state.position[slot, lane] += 1
-                        token = int(tokens[offset + slot * lanes + lane])
-                        self._record(modality, slot, lane, token, finished)
-            offset += used[modality] * lanes
+            # Views of the first `count` slots: masked in-place updates reach the state.
+            state.stored[:count][live] += 1
+            state.position[:count][live] += 1
+            step_tokens = tokens[offset : offset + count * lanes].reshape(count, lanes)
+            for slot, lane in zip(*np.nonzero(live), strict=True):
+                self._record(modality, int(slot), int(lane), int(step_tokens[slot, lane]), finished)
+            offset += count * lanes
 
     def _record(
         self, modality: Modality, slot: int, lane: int, token: int, finished: list[GenerationResult]
@@ -587,6 +586,7 @@ class GenerationEngine:
             stop_reason=reason,
         )
         visual.lanes[lane] = None
+        self._live[modality][slot, lane] = False
         self.decoder.states[modality].clear_lane(slot, lane)
         if handle.done:
             self._release_slot(modality, slot)
@@ -594,6 +594,8 @@ class GenerationEngine:
 
     def _release_slot(self, modality: Modality, slot: int) -> None:
         self._slots[modality][slot] = None
+        self._live[modality][slot] = False
+        self._waiting_slots[modality].discard(slot)
         state = self.decoder.states[modality]
         state.prefix_len[slot] = 0
         for lane in range(self.lanes[modality]):

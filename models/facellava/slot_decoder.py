@@ -122,6 +122,11 @@ class SlotDecoder:
         self.lane_buckets = {
             m: lane_length_buckets(p.shape.lane_tokens) for m, p in self.pools.items()
         }
+        # Row r of a pool's decode batch is lane r % lanes of slot r // lanes.
+        self._slot_of_row = {
+            m: torch.arange(p.shape.slots, device=self.device).repeat_interleave(p.shape.lanes)
+            for m, p in self.pools.items()
+        }
         self._inputs = {m: _DeviceInputs(self.states[m], self.device) for m in self.pools}
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
@@ -281,7 +286,8 @@ class SlotDecoder:
         `MODALITY_ORDER`, slot-major: row `s * lanes + l`. Returns the tokens (host)."""
         key = self.step_key(buckets)
         for modality, inputs in self._inputs.items():
-            inputs.upload(self.states[modality])
+            if buckets.get(modality, 0):
+                inputs.upload(self.states[modality])
         if not self.cuda_graphs:
             return self._decode_forward(key).cpu().numpy()
         return self._graph_replay(key).cpu().numpy()
@@ -314,7 +320,7 @@ class SlotDecoder:
             stored = inputs.stored[:used]
             tokens.append(inputs.token[:used].reshape(-1))
             positions.append(inputs.position[:used].reshape(-1))
-            slot_index = torch.arange(used, device=self.device).repeat_interleave(lanes)
+            slot_index = self._slot_of_row[modality][: used * lanes]
             write_at = (pool.shape.prefix_tokens + stored * lanes + pool.lane_ids).reshape(-1)
             length = pool.shape.attended_tokens(lane_length)
             mask = self._mask(pool, inputs.prefix_len[:used], stored, 1, length)
