@@ -122,6 +122,7 @@ class SlotDecoder:
         self.lane_buckets = {
             m: lane_length_buckets(p.shape.lane_tokens) for m, p in self.pools.items()
         }
+        self._rotary_table = self._build_rotary_table()
         # Row r of a pool's decode batch is lane r % lanes of slot r // lanes.
         self._slot_of_row = {
             m: torch.arange(p.shape.slots, device=self.device).repeat_interleave(p.shape.lanes)
@@ -136,6 +137,25 @@ class SlotDecoder:
 
     # -- the layer loop -----------------------------------------------------------------
 
+    def _build_rotary_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos and sin of every position a slot can hold, computed once by the model's own
+        rotary embedding (elementwise in the position, so a lookup gives the same values);
+        None for rope types whose values depend on more than the position."""
+        rotary = self.body.rotary_emb
+        if getattr(rotary, "rope_type", "default") != "default":
+            return None
+        longest = max(pool.shape.tokens_per_slot for pool in self.pools.values())
+        positions = torch.arange(longest, device=self.device)[None]
+        probe = torch.empty((), dtype=self.dtype, device=self.device)
+        cos, sin = rotary(probe, positions)
+        return cos[0], sin[0]
+
+    def _rotary(self, hidden: torch.Tensor, positions: torch.Tensor):
+        if self._rotary_table is None:
+            return self.body.rotary_emb(hidden, positions)
+        cos, sin = self._rotary_table
+        return cos[positions], sin[positions]
+
     def _sdpa(self, q, k, v, **kwargs) -> torch.Tensor:
         if self.kv_heads != self.heads:
             kwargs["enable_gqa"] = True
@@ -148,7 +168,7 @@ class SlotDecoder:
         attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """(B, L, D) → final-normed (B, L, D); `attend(layer, q, k, v)` → (B, L, H*Dh)."""
-        cos, sin = self.body.rotary_emb(hidden, positions)
+        cos, sin = self._rotary(hidden, positions)
         for index, layer in enumerate(self.body.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
