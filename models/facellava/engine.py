@@ -188,10 +188,9 @@ class RequestHandle:
 
 @dataclass
 class _Row:
-    """A question decoding on a lane."""
+    """A question decoding on a lane (its tokens so far sit in the engine's answer buffer)."""
 
     question_index: int
-    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -279,6 +278,14 @@ class GenerationEngine:
         # waiting for a lane (a slot leaves the set when its last question got one).
         self._live = {m: np.zeros((max_visuals, self.lanes[m]), bool) for m in MODALITY_ORDER}
         self._waiting_slots: dict[Modality, set[int]] = {m: set() for m in MODALITY_ORDER}
+        # Tokens each lane's answer has so far, written for all rows of a step at once.
+        self._answer_tokens = {
+            m: np.zeros((max_visuals, self.lanes[m], max_new_tokens), np.int64)
+            for m in MODALITY_ORDER
+        }
+        self._answer_lengths = {
+            m: np.zeros((max_visuals, self.lanes[m]), np.int64) for m in MODALITY_ORDER
+        }
 
     @classmethod
     def from_options(
@@ -514,11 +521,15 @@ class GenerationEngine:
                     waiting_slots.discard(slot)
         if not new_rows:
             return
-        tokens = self.decoder.prefill_suffix(new_rows)
+        tokens = np.asarray(self.decoder.prefill_suffix(new_rows), np.int64)
         self.counters.questions += len(new_rows)
         self.counters.prefill_tokens += sum(len(row.suffix_ids) for row in new_rows)
-        for row, token in zip(new_rows, tokens, strict=True):
-            self._record(row.modality, row.slot, row.lane, token, finished)
+        for modality in MODALITY_ORDER:
+            members = [i for i, row in enumerate(new_rows) if row.modality == modality]
+            if members:
+                slots = np.array([new_rows[i].slot for i in members], np.int64)
+                lanes = np.array([new_rows[i].lane for i in members], np.int64)
+                self._record(modality, slots, lanes, tokens[members], finished)
 
     def _decode(self, finished: list[GenerationResult]) -> None:
         """One token for every active lane, all modalities in one batch."""
@@ -544,27 +555,35 @@ class GenerationEngine:
             state.stored[:count][live] += 1
             state.position[:count][live] += 1
             step_tokens = tokens[offset : offset + count * lanes].reshape(count, lanes)
-            for slot, lane in zip(*np.nonzero(live), strict=True):
-                self._record(modality, int(slot), int(lane), int(step_tokens[slot, lane]), finished)
+            slots, row_lanes = np.nonzero(live)
+            if slots.size:
+                self._record(modality, slots, row_lanes, step_tokens[slots, row_lanes], finished)
             offset += count * lanes
 
     def _record(
-        self, modality: Modality, slot: int, lane: int, token: int, finished: list[GenerationResult]
+        self,
+        modality: Modality,
+        slots: np.ndarray,
+        lanes: np.ndarray,
+        tokens: np.ndarray,
+        finished: list[GenerationResult],
     ) -> None:
-        """Append a row's new token, or end the row (`eos` / `length`)."""
-        visual = self._slots[modality][slot]
-        assert visual is not None
-        row = visual.lanes[lane]
-        assert row is not None
-        if token == self.eos_token_id and not self.ignore_eos:
-            self._finish(modality, slot, lane, "eos", finished)
-            return
-        row.token_ids.append(token)
-        self.counters.tokens_generated += 1
-        if len(row.token_ids) >= self.max_new_tokens:
-            self._finish(modality, slot, lane, "length", finished)
-        else:
-            self.decoder.states[modality].token[slot, lane] = token
+        """Append each row's new token, or end the row (`eos` / `length`); rows are
+        distinct (slot, lane) pairs of `modality`, in the order they finish in."""
+        eos = np.zeros(tokens.shape, bool) if self.ignore_eos else tokens == self.eos_token_id
+        keep = ~eos
+        kept_slots, kept_lanes = slots[keep], lanes[keep]
+        lengths = self._answer_lengths[modality]
+        self._answer_tokens[modality][kept_slots, kept_lanes, lengths[kept_slots, kept_lanes]] = (
+            tokens[keep]
+        )
+        lengths[kept_slots, kept_lanes] += 1
+        self.counters.tokens_generated += int(keep.sum())
+        self.decoder.states[modality].token[kept_slots, kept_lanes] = tokens[keep]
+        full = keep & (lengths[slots, lanes] >= self.max_new_tokens)
+        for index in np.flatnonzero(eos | full):
+            reason: StopReason = "eos" if eos[index] else "length"
+            self._finish(modality, int(slots[index]), int(lanes[index]), reason, finished)
 
     def _finish(
         self,
@@ -579,14 +598,17 @@ class GenerationEngine:
         row = visual.lanes[lane]
         assert row is not None
         handle = visual.handle
+        length = self._answer_lengths[modality][slot, lane]
+        token_ids = self._answer_tokens[modality][slot, lane, :length].tolist()
         handle.answers[row.question_index] = Answer(
             question=handle.request.questions[row.question_index],
-            text=self.tokenizer.decode(row.token_ids),
-            token_ids=tuple(row.token_ids),
+            text=self.tokenizer.decode(token_ids),
+            token_ids=tuple(token_ids),
             stop_reason=reason,
         )
         visual.lanes[lane] = None
         self._live[modality][slot, lane] = False
+        self._answer_lengths[modality][slot, lane] = 0
         self.decoder.states[modality].clear_lane(slot, lane)
         if handle.done:
             self._release_slot(modality, slot)
@@ -595,6 +617,7 @@ class GenerationEngine:
     def _release_slot(self, modality: Modality, slot: int) -> None:
         self._slots[modality][slot] = None
         self._live[modality][slot] = False
+        self._answer_lengths[modality][slot] = 0
         self._waiting_slots[modality].discard(slot)
         state = self.decoder.states[modality]
         state.prefix_len[slot] = 0
