@@ -549,15 +549,14 @@ class GenerationEngine:
         offset = 0
         for modality in MODALITY_ORDER:
             count, lanes = used[modality], self.lanes[modality]
-            live = self._live[modality][:count]
+            if count == 0:
+                continue
+            slots, row_lanes = np.nonzero(self._live[modality][:count])
             state = self.decoder.states[modality]
-            # Views of the first `count` slots: masked in-place updates reach the state.
-            state.stored[:count][live] += 1
-            state.position[:count][live] += 1
+            state.stored[slots, row_lanes] += 1
+            state.position[slots, row_lanes] += 1
             step_tokens = tokens[offset : offset + count * lanes].reshape(count, lanes)
-            slots, row_lanes = np.nonzero(live)
-            if slots.size:
-                self._record(modality, slots, row_lanes, step_tokens[slots, row_lanes], finished)
+            self._record(modality, slots, row_lanes, step_tokens[slots, row_lanes], finished)
             offset += count * lanes
 
     def _record(
@@ -568,22 +567,22 @@ class GenerationEngine:
         tokens: np.ndarray,
         finished: list[GenerationResult],
     ) -> None:
-        """Append each row's new token, or end the row (`eos` / `length`); rows are
-        distinct (slot, lane) pairs of `modality`, in the order they finish in."""
-        eos = np.zeros(tokens.shape, bool) if self.ignore_eos else tokens == self.eos_token_id
-        keep = ~eos
-        kept_slots, kept_lanes = slots[keep], lanes[keep]
-        lengths = self._answer_lengths[modality]
-        self._answer_tokens[modality][kept_slots, kept_lanes, lengths[kept_slots, kept_lanes]] = (
-            tokens[keep]
-        )
-        lengths[kept_slots, kept_lanes] += 1
-        self.counters.tokens_generated += int(keep.sum())
-        self.decoder.states[modality].token[kept_slots, kept_lanes] = tokens[keep]
-        full = keep & (lengths[slots, lanes] >= self.max_new_tokens)
-        for index in np.flatnonzero(eos | full):
-            reason: StopReason = "eos" if eos[index] else "length"
-            self._finish(modality, int(slots[index]), int(lanes[index]), reason, finished)
+        """Append each row's new token, or end the row (`eos` / `length`); the rows are
+        distinct (slot, lane) pairs of `modality`, handled with numpy all at once."""
+        eos = None if self.ignore_eos else tokens == self.eos_token_id
+        if eos is not None and eos.any():
+            for index in np.flatnonzero(eos):
+                self._finish(modality, int(slots[index]), int(lanes[index]), "eos", finished)
+            keep = ~eos
+            slots, lanes, tokens = slots[keep], lanes[keep], tokens[keep]
+        lengths = self._answer_lengths[modality][slots, lanes]
+        self._answer_tokens[modality][slots, lanes, lengths] = tokens
+        lengths += 1
+        self._answer_lengths[modality][slots, lanes] = lengths
+        self.decoder.states[modality].token[slots, lanes] = tokens
+        self.counters.tokens_generated += len(tokens)
+        for index in np.flatnonzero(lengths >= self.max_new_tokens):
+            self._finish(modality, int(slots[index]), int(lanes[index]), "length", finished)
 
     def _finish(
         self,
