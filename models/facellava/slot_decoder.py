@@ -150,7 +150,9 @@ class SlotDecoder:
         cos, sin = rotary(probe, positions)
         return cos[0], sin[0]
 
-    def _rotary(self, hidden: torch.Tensor, positions: torch.Tensor):
+    def _rotary(
+        self, hidden: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._rotary_table is None:
             return self.body.rotary_emb(hidden, positions)
         cos, sin = self._rotary_table
