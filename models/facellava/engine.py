@@ -534,12 +534,14 @@ class GenerationEngine:
     def _decode(self, finished: list[GenerationResult]) -> None:
         """One token for every active lane, all modalities in one batch."""
         used: dict[Modality, int] = {}
+        rows: dict[Modality, tuple[np.ndarray, np.ndarray]] = {}
         for modality in MODALITY_ORDER:
-            occupied = np.flatnonzero(self._live[modality].any(axis=1))
-            used[modality] = bucket_for(int(occupied[-1]) + 1 if occupied.size else 0, self.buckets)
+            # Live (slot, lane) pairs in slot order: the last one is the highest slot.
+            slots, lanes = rows[modality] = np.nonzero(self._live[modality])
+            used[modality] = bucket_for(int(slots[-1]) + 1 if slots.size else 0, self.buckets)
         if not any(used.values()):
             return
-        active = self.active
+        active = sum(len(slots) for slots, _ in rows.values())
         tokens = self.decoder.decode_step(used)
         self.counters.decode_steps += 1
         self.counters.decode_batch_sizes[active] += 1
@@ -551,7 +553,7 @@ class GenerationEngine:
             count, lanes = used[modality], self.lanes[modality]
             if count == 0:
                 continue
-            slots, row_lanes = np.nonzero(self._live[modality][:count])
+            slots, row_lanes = rows[modality]
             state = self.decoder.states[modality]
             state.stored[slots, row_lanes] += 1
             state.position[slots, row_lanes] += 1
