@@ -371,3 +371,75 @@ def test_a_full_pending_queue_refuses_and_a_long_question_is_rejected(loaded, re
         engine.submit(GenerationRequest("b", real_image, (Question("Why?"),)))
     with pytest.raises(EngineRequestError, match="max_question_tokens"):
         engine.submit(GenerationRequest("c", real_image, (Question("Why " * 20 + "?"),)))
+
+
+def test_lane_length_buckets_cover_every_lane_length():
+    from models.facellava.kv_slots import bucket_for, lane_length_buckets
+
+    assert lane_length_buckets(144) == (16, 32, 48, 64, 96, 128, 144)
+    assert lane_length_buckets(10) == (10,)
+    for lane_tokens in (1, 15, 16, 17, 144, 1000):
+        buckets = lane_length_buckets(lane_tokens)
+        assert list(buckets) == sorted(set(buckets)) and buckets[-1] == lane_tokens
+        assert len(buckets) <= 2 * lane_tokens.bit_length()
+        for length in range(1, lane_tokens + 1):
+            size = bucket_for(length, buckets)
+            assert length <= size <= lane_tokens
+            assert size <= max(16, 2 * length)
+        with pytest.raises(ValueError):
+            bucket_for(lane_tokens + 1, buckets)
+
+
+def test_lanes_interleave_and_a_step_reads_only_the_used_front_of_its_slots(loaded, real_image):
+    engine = _engine(loaded, max_new_tokens=20, max_visuals=2)
+    pool = engine.pools["image"]
+    shape = pool.shape
+    assert shape.token_index(0, 0) == shape.prefix_tokens
+    assert shape.token_index(2, 1) == shape.prefix_tokens + 1 * 3 + 2
+    # Every token index after the prefix belongs to exactly one (lane, step).
+    owners = {(lane, step) for lane in range(3) for step in range(shape.lane_tokens)}
+    indices = {shape.token_index(lane, step) for lane, step in owners}
+    assert indices == set(range(shape.prefix_tokens, shape.tokens_per_slot))
+    assert pool.token_lane[: shape.prefix_tokens].eq(-1).all()
+
+    engine.submit(GenerationRequest("face", real_image, tuple(map(Question, QUESTIONS[:3]))))
+    keys = []
+    while not engine.idle:
+        stored = engine.decoder.states["image"].stored.max()
+        if engine.active:
+            keys.append((int(stored), engine.decoder.step_key({"video": 0, "image": 1})))
+        engine.step()
+    assert keys
+    for stored, (video_slots, image_slots, video_length, image_length) in keys:
+        assert (video_slots, image_slots, video_length) == (0, 1, 0)
+        assert stored < image_length <= max(16, 2 * (stored + 1))
+        attended = shape.attended_tokens(image_length)
+        assert attended < shape.tokens_per_slot  # never the whole preallocated slot
+
+
+def test_answers_are_identical_whether_steps_read_the_used_front_or_the_whole_slot(
+    any_model, real_clip
+):
+    # EOS ignored: 40-token answers cross the 32, 48 and 64 lane buckets.
+    loaded = any_model
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    requests = [
+        GenerationRequest("clip", real_clip, (Question(QUESTIONS[0]),)),
+        GenerationRequest("image", image, (Question("Why?"), *map(Question, QUESTIONS[1:3]))),
+    ]
+    answers = {}
+    for attend in ("front", "whole"):
+        engine = _engine(loaded, max_new_tokens=40, max_visuals=2, ignore_eos=True)
+        if attend == "whole":
+            engine.decoder.lane_buckets = {
+                m: (pool.shape.lane_tokens,) for m, pool in engine.pools.items()
+            }
+        answers[attend] = [a.token_ids for r in engine.generate(requests) for a in r.answers]
+    assert answers["front"] == answers["whole"]
+    expected = [
+        _alone(loaded, r, q, max_new_tokens=40, ignore_eos=True).token_ids
+        for r in requests
+        for q in r.questions
+    ]
+    assert answers["front"] == expected

@@ -188,10 +188,9 @@ class RequestHandle:
 
 @dataclass
 class _Row:
-    """A question decoding on a lane."""
+    """A question decoding on a lane (its tokens so far sit in the engine's answer buffer)."""
 
     question_index: int
-    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -274,6 +273,19 @@ class GenerationEngine:
             m: [None] * max_visuals for m in MODALITY_ORDER
         }
         self._pending: dict[Modality, deque[RequestHandle]] = {m: deque() for m in MODALITY_ORDER}
+        # Bookkeeping kept in step with `_slots` so a step never scans every slot in
+        # Python: which lanes hold a decoding row, and which slots still have questions
+        # waiting for a lane (a slot leaves the set when its last question got one).
+        self._live = {m: np.zeros((max_visuals, self.lanes[m]), bool) for m in MODALITY_ORDER}
+        self._waiting_slots: dict[Modality, set[int]] = {m: set() for m in MODALITY_ORDER}
+        # Tokens each lane's answer has so far, written for all rows of a step at once.
+        self._answer_tokens = {
+            m: np.zeros((max_visuals, self.lanes[m], max_new_tokens), np.int64)
+            for m in MODALITY_ORDER
+        }
+        self._answer_lengths = {
+            m: np.zeros((max_visuals, self.lanes[m]), np.int64) for m in MODALITY_ORDER
+        }
 
     @classmethod
     def from_options(
@@ -352,13 +364,7 @@ class GenerationEngine:
     @property
     def active(self) -> int:
         """Questions decoding now (rows on a lane)."""
-        return sum(
-            row is not None
-            for visuals in self._slots.values()
-            for visual in visuals
-            if visual is not None
-            for row in visual.lanes
-        )
+        return int(sum(live.sum() for live in self._live.values()))
 
     @property
     def pending(self) -> int:
@@ -494,41 +500,48 @@ class GenerationEngine:
             for slot, handle in zip(slots, handles, strict=True):
                 waiting = deque(range(len(handle.request.questions)))
                 self._slots[modality][slot] = _Visual(handle, waiting, [None] * lanes)
+                self._waiting_slots[modality].add(slot)
 
     def _start_questions(self, finished: list[GenerationResult]) -> None:
         """Waiting questions onto free lanes of their visual; prefill their suffixes."""
         new_rows: list[NewRow] = []
         for modality in MODALITY_ORDER:
-            for slot, visual in enumerate(self._slots[modality]):
-                if visual is None:
-                    continue
+            waiting_slots = self._waiting_slots[modality]
+            for slot in sorted(waiting_slots):
+                visual = self._slots[modality][slot]
+                assert visual is not None
                 for lane, row in enumerate(visual.lanes):
                     if row is None and visual.waiting:
                         question = visual.waiting.popleft()
                         visual.lanes[lane] = _Row(question)
+                        self._live[modality][slot, lane] = True
                         suffix = visual.handle.suffix_ids[question]
                         new_rows.append(NewRow(modality, slot, lane, suffix))
+                if not visual.waiting:
+                    waiting_slots.discard(slot)
         if not new_rows:
             return
-        tokens = self.decoder.prefill_suffix(new_rows)
+        tokens = np.asarray(self.decoder.prefill_suffix(new_rows), np.int64)
         self.counters.questions += len(new_rows)
         self.counters.prefill_tokens += sum(len(row.suffix_ids) for row in new_rows)
-        for row, token in zip(new_rows, tokens, strict=True):
-            self._record(row.modality, row.slot, row.lane, token, finished)
+        for modality in MODALITY_ORDER:
+            members = [i for i, row in enumerate(new_rows) if row.modality == modality]
+            if members:
+                slots = np.array([new_rows[i].slot for i in members], np.int64)
+                lanes = np.array([new_rows[i].lane for i in members], np.int64)
+                self._record(modality, slots, lanes, tokens[members], finished)
 
     def _decode(self, finished: list[GenerationResult]) -> None:
         """One token for every active lane, all modalities in one batch."""
         used: dict[Modality, int] = {}
+        rows: dict[Modality, tuple[np.ndarray, np.ndarray]] = {}
         for modality in MODALITY_ORDER:
-            occupied = [
-                s
-                for s, visual in enumerate(self._slots[modality])
-                if visual is not None and any(row is not None for row in visual.lanes)
-            ]
-            used[modality] = bucket_for(max(occupied) + 1 if occupied else 0, self.buckets)
+            # Live (slot, lane) pairs in slot order: the last one is the highest slot.
+            slots, lanes = rows[modality] = np.nonzero(self._live[modality])
+            used[modality] = bucket_for(int(slots[-1]) + 1 if slots.size else 0, self.buckets)
         if not any(used.values()):
             return
-        active = self.active
+        active = sum(len(slots) for slots, _ in rows.values())
         tokens = self.decoder.decode_step(used)
         self.counters.decode_steps += 1
         self.counters.decode_batch_sizes[active] += 1
@@ -537,35 +550,41 @@ class GenerationEngine:
         ] += 1
         offset = 0
         for modality in MODALITY_ORDER:
-            lanes = self.lanes[modality]
+            count, lanes = used[modality], self.lanes[modality]
+            if count == 0:
+                continue
+            slots, row_lanes = rows[modality]
             state = self.decoder.states[modality]
-            for slot in range(used[modality]):
-                visual = self._slots[modality][slot]
-                for lane in range(lanes):
-                    if visual is not None and visual.lanes[lane] is not None:
-                        state.stored[slot, lane] += 1
-                        state.position[slot, lane] += 1
-                        token = int(tokens[offset + slot * lanes + lane])
-                        self._record(modality, slot, lane, token, finished)
-            offset += used[modality] * lanes
+            state.stored[slots, row_lanes] += 1
+            state.position[slots, row_lanes] += 1
+            step_tokens = tokens[offset : offset + count * lanes].reshape(count, lanes)
+            self._record(modality, slots, row_lanes, step_tokens[slots, row_lanes], finished)
+            offset += count * lanes
 
     def _record(
-        self, modality: Modality, slot: int, lane: int, token: int, finished: list[GenerationResult]
+        self,
+        modality: Modality,
+        slots: np.ndarray,
+        lanes: np.ndarray,
+        tokens: np.ndarray,
+        finished: list[GenerationResult],
     ) -> None:
-        """Append a row's new token, or end the row (`eos` / `length`)."""
-        visual = self._slots[modality][slot]
-        assert visual is not None
-        row = visual.lanes[lane]
-        assert row is not None
-        if token == self.eos_token_id and not self.ignore_eos:
-            self._finish(modality, slot, lane, "eos", finished)
-            return
-        row.token_ids.append(token)
-        self.counters.tokens_generated += 1
-        if len(row.token_ids) >= self.max_new_tokens:
-            self._finish(modality, slot, lane, "length", finished)
-        else:
-            self.decoder.states[modality].token[slot, lane] = token
+        """Append each row's new token, or end the row (`eos` / `length`); the rows are
+        distinct (slot, lane) pairs of `modality`, handled with numpy all at once."""
+        eos = None if self.ignore_eos else tokens == self.eos_token_id
+        if eos is not None and eos.any():
+            for index in np.flatnonzero(eos):
+                self._finish(modality, int(slots[index]), int(lanes[index]), "eos", finished)
+            keep = ~eos
+            slots, lanes, tokens = slots[keep], lanes[keep], tokens[keep]
+        lengths = self._answer_lengths[modality][slots, lanes]
+        self._answer_tokens[modality][slots, lanes, lengths] = tokens
+        lengths += 1
+        self._answer_lengths[modality][slots, lanes] = lengths
+        self.decoder.states[modality].token[slots, lanes] = tokens
+        self.counters.tokens_generated += len(tokens)
+        for index in np.flatnonzero(lengths >= self.max_new_tokens):
+            self._finish(modality, int(slots[index]), int(lanes[index]), "length", finished)
 
     def _finish(
         self,
@@ -580,13 +599,17 @@ class GenerationEngine:
         row = visual.lanes[lane]
         assert row is not None
         handle = visual.handle
+        length = self._answer_lengths[modality][slot, lane]
+        token_ids = self._answer_tokens[modality][slot, lane, :length].tolist()
         handle.answers[row.question_index] = Answer(
             question=handle.request.questions[row.question_index],
-            text=self.tokenizer.decode(row.token_ids),
-            token_ids=tuple(row.token_ids),
+            text=self.tokenizer.decode(token_ids),
+            token_ids=tuple(token_ids),
             stop_reason=reason,
         )
         visual.lanes[lane] = None
+        self._live[modality][slot, lane] = False
+        self._answer_lengths[modality][slot, lane] = 0
         self.decoder.states[modality].clear_lane(slot, lane)
         if handle.done:
             self._release_slot(modality, slot)
@@ -594,6 +617,9 @@ class GenerationEngine:
 
     def _release_slot(self, modality: Modality, slot: int) -> None:
         self._slots[modality][slot] = None
+        self._live[modality][slot] = False
+        self._answer_lengths[modality][slot] = 0
+        self._waiting_slots[modality].discard(slot)
         state = self.decoder.states[modality]
         state.prefix_len[slot] = 0
         for lane in range(self.lanes[modality]):

@@ -3,11 +3,16 @@
 Layout of one pool (one per modality; every prefix of a modality has the same length):
 per language-model layer, a key and a value buffer of shape
 `(slots, kv_heads, prefix_tokens + lanes * lane_tokens, head_dim)`. Slot `s` holds one
-visual: its shared prefix `{system} USER: {visual}` at `[0, prefix_tokens)`, then one
-region of `lane_tokens` per lane (a lane is one question being answered: its suffix
-`\\n{question} ASSISTANT:` and the tokens it generates). A question attends over its
-slot's prefix plus its own lane region (a mask built from the lengths), so the prefix is
-never copied, and it is read once per decode step for all the questions of that visual.
+visual: its shared prefix `{system} USER: {visual}` at `[0, prefix_tokens)`, then its
+lanes (a lane is one question being answered: its suffix `\\n{question} ASSISTANT:` and
+the tokens it generates) interleaved token by token: token `t` of lane `l` sits at
+`prefix_tokens + t * lanes + l` (`PoolShape.token_index`). A question attends over its
+slot's prefix plus its own lane's tokens (a mask built from the lengths), so the prefix
+is never copied, and it is read once per decode step for all the questions of that visual.
+
+Interleaving keeps every lane's used tokens in one short run after the prefix: a step
+attends over `prefix_tokens + lanes * u` keys, `u` the longest lane rounded up to a
+bucket (`lane_length_buckets`), not over the whole preallocated slot.
 
 Memory arithmetic (`kv_bytes_per_token`): a token costs
 `2 (K and V) × layers × kv_heads × head_dim × bytes per element`. For the 7B model in
@@ -54,9 +59,13 @@ class PoolShape:
         """Prefix plus every lane region."""
         return self.prefix_tokens + self.lanes * self.lane_tokens
 
-    def lane_start(self, lane: int) -> int:
-        """Index of the first token of `lane` inside a slot."""
-        return self.prefix_tokens + lane * self.lane_tokens
+    def token_index(self, lane: int, step: int) -> int:
+        """Index inside a slot of token `step` of lane `lane` (lanes interleave)."""
+        return self.prefix_tokens + step * self.lanes + lane
+
+    def attended_tokens(self, lane_length: int) -> int:
+        """Keys a step reads when no lane holds more than `lane_length` tokens."""
+        return self.prefix_tokens + self.lanes * lane_length
 
 
 def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, element_bytes: int) -> int:
@@ -83,9 +92,15 @@ class SlotPool:
         # zeros, not empty: dummy rows read free regions (masked out, but never NaN).
         self.keys = [torch.zeros(size, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(size, dtype=dtype, device=device) for _ in range(layers)]
-        self.lane_starts = torch.tensor(
-            [shape.lane_start(lane) for lane in range(shape.lanes)], device=device
-        )
+        # Per token index of a slot: which lane owns it (-1: the prefix) and which of the
+        # lane's tokens it is (past every lane length for the prefix); masks compare these.
+        index = torch.arange(shape.tokens_per_slot, device=device)
+        self.token_positions = index
+        lane_part = index - shape.prefix_tokens
+        in_lanes = lane_part >= 0
+        self.token_lane = torch.where(in_lanes, lane_part % shape.lanes, -1)
+        self.token_step = torch.where(in_lanes, lane_part // shape.lanes, shape.tokens_per_slot)
+        self.lane_ids = torch.arange(shape.lanes, device=device)
 
     @property
     def nbytes(self) -> int:
@@ -177,8 +192,29 @@ def bucket_sizes(capacity: int) -> tuple[int, ...]:
 
 
 def bucket_for(used: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket that holds `used` slots."""
+    """The smallest bucket that holds `used` (slots, or tokens of a lane)."""
     for size in buckets:
         if size >= used:
             return size
-    raise ValueError(f"{used} slots exceed the largest bucket {buckets[-1]}")
+    raise ValueError(f"{used} exceeds the largest bucket {buckets[-1]}")
+
+
+LANE_BUCKET_MIN_TOKENS = 16
+"""Smallest attended lane length: shorter lanes still read this many tokens each."""
+
+
+def lane_length_buckets(lane_tokens: int) -> tuple[int, ...]:
+    """Lane lengths a step's attention is padded to: 16, 32, 48, 64, 96, 128, 192, ...
+    (powers of two, and from 32 on also 1.5 × powers of two), capped by `lane_tokens`.
+
+    CUDA graphs are captured per (slot bucket, lane-length bucket) of each pool, so their
+    number stays logarithmic in the lane capacity.
+    """
+    sizes = {lane_tokens}
+    power = LANE_BUCKET_MIN_TOKENS
+    while power < lane_tokens:
+        sizes.add(power)
+        if power * 3 // 2 < lane_tokens and power >= 32:
+            sizes.add(power * 3 // 2)
+        power *= 2
+    return tuple(sorted(sizes))

@@ -8,15 +8,17 @@ projections, rotary embedding and MLP; only the attention is ours):
 - `prefill_suffix`: the question suffixes of rows that take a free lane (right-padded),
   each attending over its slot's prefix plus its own lane; returns each row's first token.
 - `decode_step`: one token for every lane of every occupied slot, video and image rows
-  in one batch. Its shapes depend only on the slot buckets (`kv_slots.bucket_sizes`), its
-  inputs live in preallocated tensors, and it allocates no KV: on CUDA it can be
-  captured as a CUDA graph per bucket pair (`cuda_graphs=True`); elsewhere the very same
+  in one batch. Its shapes depend only on its key, per pool the slot bucket
+  (`kv_slots.bucket_sizes`) and the lane-length bucket (`kv_slots.lane_length_buckets`);
+  its inputs live in preallocated tensors, and it allocates no KV: on CUDA it can be
+  captured as a CUDA graph per key (`cuda_graphs=True`); elsewhere the very same
   function runs eagerly.
 
 Attention is `torch.nn.functional.scaled_dot_product_attention` with an explicit boolean
-mask: the queries of a slot's lanes form one SDPA batch entry, whose keys are the slot's
-whole buffer (`(slots, kv_heads, C, head_dim)`, a view, no gather): a lane sees the
-prefix and its own region, nothing else. The causal prefix prefill calls SDPA without a
+mask: the queries of a slot's lanes form one SDPA batch entry, whose keys are the used
+front of the slot's buffer (`(slots, kv_heads, prefix + lanes × lane bucket, head_dim)`,
+a view, no gather; lanes interleave token by token, see `kv_slots`): a lane sees the
+prefix and its own tokens, nothing else. The causal prefix prefill calls SDPA without a
 mask, so on CUDA in half precision SDPA picks its FlashAttention-2 kernel.
 """
 
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from models.facellava.kv_slots import SlotPool
+from models.facellava.kv_slots import SlotPool, bucket_for, lane_length_buckets
 from models.facellava.prompts import Modality
 
 MODALITY_ORDER: tuple[Modality, ...] = ("video", "image")
@@ -117,6 +119,15 @@ class SlotDecoder:
         self.states = {
             m: LaneState.empty(p.shape.slots, p.shape.lanes) for m, p in self.pools.items()
         }
+        self.lane_buckets = {
+            m: lane_length_buckets(p.shape.lane_tokens) for m, p in self.pools.items()
+        }
+        self._rotary_table = self._build_rotary_table()
+        # Row r of a pool's decode batch is lane r % lanes of slot r // lanes.
+        self._slot_of_row = {
+            m: torch.arange(p.shape.slots, device=self.device).repeat_interleave(p.shape.lanes)
+            for m, p in self.pools.items()
+        }
         self._inputs = {m: _DeviceInputs(self.states[m], self.device) for m in self.pools}
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
@@ -125,6 +136,27 @@ class SlotDecoder:
         self._graph_pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
 
     # -- the layer loop -----------------------------------------------------------------
+
+    def _build_rotary_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos and sin of every position a slot can hold, computed once by the model's own
+        rotary embedding (elementwise in the position, so a lookup gives the same values);
+        None for rope types whose values depend on more than the position."""
+        rotary = self.body.rotary_emb
+        if getattr(rotary, "rope_type", "default") != "default":
+            return None
+        longest = max(pool.shape.tokens_per_slot for pool in self.pools.values())
+        positions = torch.arange(longest, device=self.device)[None]
+        probe = torch.empty((), dtype=self.dtype, device=self.device)
+        cos, sin = rotary(probe, positions)
+        return cos[0], sin[0]
+
+    def _rotary(
+        self, hidden: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rotary_table is None:
+            return self.body.rotary_emb(hidden, positions)
+        cos, sin = self._rotary_table
+        return cos[positions], sin[positions]
 
     def _sdpa(self, q, k, v, **kwargs) -> torch.Tensor:
         if self.kv_heads != self.heads:
@@ -138,7 +170,7 @@ class SlotDecoder:
         attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """(B, L, D) → final-normed (B, L, D); `attend(layer, q, k, v)` → (B, L, H*Dh)."""
-        cos, sin = self.body.rotary_emb(hidden, positions)
+        cos, sin = self._rotary(hidden, positions)
         for index, layer in enumerate(self.body.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
@@ -155,26 +187,30 @@ class SlotDecoder:
         return self.language_model.lm_head(hidden)
 
     def _mask(
-        self, pool: SlotPool, prefix_len: torch.Tensor, stored: torch.Tensor, queries: int
+        self,
+        pool: SlotPool,
+        prefix_len: torch.Tensor,
+        stored: torch.Tensor,
+        queries: int,
+        length: int,
     ) -> torch.Tensor:
-        """(k, 1, Q*queries, C): query t of lane l sees the prefix and its lane up to t."""
-        capacity = pool.shape.tokens_per_slot
-        pos = torch.arange(capacity, device=self.device)
+        """(k, 1, Q*queries, length): query t of lane l sees the prefix and the first
+        `stored + t + 1` tokens of lane l, over the first `length` token indices."""
         step = torch.arange(queries, device=self.device)
-        low = pool.lane_starts[None, :, None, None]  # (1, Q, 1, 1)
-        high = (pool.lane_starts[None, :, None] + stored[:, :, None] + step)[..., None]
-        own = (pos >= low) & (pos <= high)  # (k, Q, queries, C)
-        prefix = (pos[None, :] < prefix_len[:, None])[:, None, None, :]
+        mine = pool.token_lane[:length] == pool.lane_ids[:, None]  # (Q, length)
+        reach = (stored[:, :, None] + step)[..., None]  # (k, Q, queries, 1)
+        own = mine[None, :, None, :] & (pool.token_step[:length] <= reach)
+        prefix = (pool.token_positions[:length] < prefix_len[:, None])[:, None, None, :]
         slots, lanes = stored.shape
-        return (own | prefix).reshape(slots, 1, lanes * queries, capacity)
+        return (own | prefix).reshape(slots, 1, lanes * queries, length)
 
     def _pool_attention(
         self, pool: SlotPool, layer: int, q: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """q (k, H, Q*Lq, Dh) over slots [0, k) of `pool`."""
-        count = q.shape[0]
-        keys = pool.read(pool.keys[layer][:count], q.dtype)
-        values = pool.read(pool.values[layer][:count], q.dtype)
+        """q (k, H, Q*Lq, Dh) over slots [0, k) of `pool`, keys [0, mask length)."""
+        count, length = q.shape[0], mask.shape[-1]
+        keys = pool.read(pool.keys[layer][:count, :, :length], q.dtype)
+        values = pool.read(pool.values[layer][:count, :, :length], q.dtype)
         return self._sdpa(q, keys, values, attn_mask=mask)
 
     # -- prefills -----------------------------------------------------------------------
@@ -230,8 +266,10 @@ class SlotDecoder:
             used = max(row.slot for row in members) + 1
             prefix_len = torch.from_numpy(self.states[modality].prefix_len[:used]).to(self.device)
             stored = torch.zeros((used, pool.shape.lanes), dtype=torch.long, device=self.device)
-            write_at = pool.lane_starts[lane_index][:, None] + step  # (n, Lq)
-            mask = self._mask(pool, prefix_len, stored, longest)
+            lanes = pool.shape.lanes
+            write_at = pool.shape.prefix_tokens + step * lanes + lane_index[:, None]  # (n, Lq)
+            length = pool.shape.attended_tokens(longest)
+            mask = self._mask(pool, prefix_len, stored, longest, length)
             groups.append((pool, begin, end, slot_index, lane_index, used, write_at, mask))
             begin = end
 
@@ -268,18 +306,35 @@ class SlotDecoder:
     def decode_step(self, buckets: Mapping[Modality, int]) -> np.ndarray:
         """One token for every lane of slots [0, buckets[m]) of each pool, rows in
         `MODALITY_ORDER`, slot-major: row `s * lanes + l`. Returns the tokens (host)."""
-        key = tuple(buckets.get(m, 0) for m in self.pools)
+        key = self.step_key(buckets)
         for modality, inputs in self._inputs.items():
-            inputs.upload(self.states[modality])
+            if buckets.get(modality, 0):
+                inputs.upload(self.states[modality])
         if not self.cuda_graphs:
             return self._decode_forward(key).cpu().numpy()
         return self._graph_replay(key).cpu().numpy()
 
+    def step_key(self, buckets: Mapping[Modality, int]) -> tuple[int, ...]:
+        """The static shape of a decode step over slots [0, buckets[m]) of each pool: the
+        slot buckets, then per pool the lane-length bucket (0 for an empty pool) that
+        holds every lane's tokens after this step's write."""
+        slots = tuple(buckets.get(m, 0) for m in self.pools)
+        lengths = tuple(
+            bucket_for(int(self.states[m].stored[:used].max()) + 1, self.lane_buckets[m])
+            if used
+            else 0
+            for m, used in zip(self.pools, slots, strict=True)
+        )
+        return slots + lengths
+
     def _decode_forward(self, key: tuple[int, ...]) -> torch.Tensor:
-        """The static decode step for the bucket `key` (slots per pool)."""
+        """The static decode step for `key` (`step_key`: slots, then lane lengths per pool)."""
         tokens, positions, groups = [], [], []
         begin = 0
-        for (modality, pool), used in zip(self.pools.items(), key, strict=True):
+        count = len(self.pools)
+        for (modality, pool), used, lane_length in zip(
+            self.pools.items(), key[:count], key[count:], strict=True
+        ):
             if used == 0:
                 continue
             inputs = self._inputs[modality]
@@ -287,9 +342,10 @@ class SlotDecoder:
             stored = inputs.stored[:used]
             tokens.append(inputs.token[:used].reshape(-1))
             positions.append(inputs.position[:used].reshape(-1))
-            slot_index = torch.arange(used, device=self.device).repeat_interleave(lanes)
-            write_at = (pool.lane_starts[None, :] + stored).reshape(-1)
-            mask = self._mask(pool, inputs.prefix_len[:used], stored, 1)
+            slot_index = self._slot_of_row[modality][: used * lanes]
+            write_at = (pool.shape.prefix_tokens + stored * lanes + pool.lane_ids).reshape(-1)
+            length = pool.shape.attended_tokens(lane_length)
+            mask = self._mask(pool, inputs.prefix_len[:used], stored, 1, length)
             end = begin + used * lanes
             groups.append((pool, begin, end, used, slot_index, write_at, mask))
             begin = end
@@ -332,7 +388,7 @@ class SlotDecoder:
         graph.replay()
         if not torch.equal(output, eager):
             raise GraphMismatchError(
-                f"CUDA graph for slot buckets {key} gave other tokens than the eager step"
+                f"CUDA graph for step key {key} gave other tokens than the eager step"
             )
         self._graphs[key] = (graph, output)
         return output.clone()
