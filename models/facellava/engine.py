@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from models.facellava.answers import Task
+from models.facellava.batch_limits import admission_bytes_per_clip
 from models.facellava.kv_slots import (
     PoolShape,
     SlotBudget,
@@ -340,16 +341,9 @@ class GenerationEngine:
         per_token = kv_bytes_per_token(
             config.num_hidden_layers, config.num_key_value_heads, head_dim, element
         )
-        # Activations of one admission: a tower batch of clips and its prefix prefill
-        # (hidden, residual, q/k/v, MLP gate/up per token), in the compute dtype.
+        # Activations of one admission (`batch_limits` has the estimate), in the compute dtype.
         act = self.model.dtype.itemsize if hasattr(self.model.dtype, "itemsize") else 2
-        tower = self.model.config.video_tower
-        tower_tokens = self.max_batch_clips * tower.num_frames * (tower.num_patches + 1)
-        prefix_tokens = self.max_batch_clips * shapes["video"].prefix_tokens
-        workspace = act * (
-            tower_tokens * (6 * tower.hidden_size + 2 * tower.intermediate_size)
-            + prefix_tokens * (6 * config.hidden_size + 3 * config.intermediate_size)
-        )
+        workspace = self.max_batch_clips * admission_bytes_per_clip(self.model.config, act)
         return size_visual_slots(
             free_bytes=free_device_bytes(self.model.device),
             video_slot_bytes=shapes["video"].tokens_per_slot * per_token,
