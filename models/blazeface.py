@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.devices import resolve_device
+from models.weights import WeightsError
 
 WEIGHTS_PATH = Path(__file__).parent / "blazeface_weights" / "blazeface_short_range.safetensors"
 INPUT_SIZE = 128
@@ -60,7 +61,7 @@ FINE_FEATURES_AFTER_BLOCK = 10  # the 16×16×88 map the first head reads
 ANCHOR_GRIDS: tuple[tuple[int, int], ...] = ((16, 2), (8, 6))
 
 
-class BlazeFaceWeightsError(Exception):
+class BlazeFaceWeightsError(WeightsError):
     """The weights file is missing or is not the BlazeFace short-range conversion."""
 
 
