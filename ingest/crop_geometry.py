@@ -1,5 +1,10 @@
 """Where a face's Face-LLaVA crop is cut: the region of the frame, from our detector's box.
 
+`blazeface` mode (the default) cuts from the box of the authors' own detector: BlazeFace
+short-range runs beside RetinaFace (`ingest/authors_boxes.py`) and each face's matched
+BlazeFace box (`Detections.crop_boxes`) is turned into MediaPipe's pixel box and cut the
+authors' way; a face BlazeFace did not find falls back to the `facellava` estimate below.
+
 The authors' crop tool (see `face-llava.md`, Preprocessing) takes MediaPipe BlazeFace's
 pixel box (x, y, w, h) and cuts
 `[int(max(0, x)), int(max(0, y))]` to `[int(min(x + a, W - 1)), int(min(y + a, H - 1))]`
@@ -31,8 +36,8 @@ from typing import Literal
 
 import numpy as np
 
-CropMode = Literal["facellava", "box_corner", "centered"]
-CROP_MODES: tuple[CropMode, ...] = ("facellava", "box_corner", "centered")
+CropMode = Literal["blazeface", "facellava", "box_corner", "centered"]
+CROP_MODES: tuple[CropMode, ...] = ("blazeface", "facellava", "box_corner", "centered")
 
 BLAZEFACE_CENTRE_DY = 0.03
 """BlazeFace box centre below the RetinaFace box centre, in units of (w + h) / 2."""
@@ -94,17 +99,28 @@ def mediapipe_pixel_box(
     return float(x), float(y), float(x + w), float(y + h)
 
 
+def has_box(crop_box: np.ndarray | tuple[float, ...] | None) -> bool:
+    """Whether a `Detections.crop_boxes` row holds a box (not None, not NaN)."""
+    return crop_box is not None and bool(np.all(np.isfinite(np.asarray(crop_box, np.float64))))
+
+
 def crop_region_xyxy(
     box_xyxy: np.ndarray | tuple[float, ...],
     frame_wh: tuple[int, int],
-    mode: CropMode = "facellava",
+    mode: CropMode = "blazeface",
+    crop_box: np.ndarray | tuple[float, ...] | None = None,
 ) -> tuple[int, int, int, int]:
     """The frame region (x0, y0, x1, y1) a face's crop is cut from, in pixels inside the frame.
 
-    For `facellava` and `box_corner` (see the module doc). `centered` crops may leave the
-    frame: use `centered_square_xyxy` for them.
+    For `blazeface`, `facellava` and `box_corner` (see the module doc); `crop_box` is the
+    face's BlazeFace box for `blazeface` (None or NaN: the `facellava` estimate).
+    `centered` crops may leave the frame: use `centered_square_xyxy` for them.
     """
-    if mode == "facellava":
+    if mode == "blazeface" and has_box(crop_box):
+        assert crop_box is not None
+        x1, y1, x2, y2 = (float(v) for v in crop_box)
+        return authors_cut_xyxy(mediapipe_pixel_box((x1, y1, x2, y2), frame_wh), frame_wh)
+    if mode in ("facellava", "blazeface"):
         return authors_cut_xyxy(
             mediapipe_pixel_box(blazeface_box_xyxy(box_xyxy), frame_wh), frame_wh
         )
@@ -130,8 +146,9 @@ def centered_square_xyxy(
 def frame_region_xyxy(
     box_xyxy: np.ndarray | tuple[float, ...],
     frame_wh: tuple[int, int],
-    mode: CropMode = "facellava",
+    mode: CropMode = "blazeface",
     margin: float = 0.25,
+    crop_box: np.ndarray | tuple[float, ...] | None = None,
 ) -> tuple[int, int, int, int]:
     """The part of the frame a face's crop shows, in frame pixels, for any mode.
 
@@ -139,7 +156,7 @@ def frame_region_xyxy(
     `centered`. Empty (x0 >= x1 or y0 >= y1) when the crop misses the frame.
     """
     if mode != "centered":
-        return crop_region_xyxy(box_xyxy, frame_wh, mode)
+        return crop_region_xyxy(box_xyxy, frame_wh, mode, crop_box)
     x0, y0, x1, y1 = centered_square_xyxy(box_xyxy, margin)
     frame_w, frame_h = frame_wh
     return max(x0, 0), max(y0, 0), min(x1, frame_w), min(y1, frame_h)

@@ -1,8 +1,8 @@
 """Face crops the Face-LLaVA way, and a quality score to pick a window's best crop.
 
-Where a crop is cut is `ingest/crop_geometry.py`. In `facellava` (the default) and
-`box_corner` mode the cut is the authors': clamped at the frame edges (a cut at an edge
-is not square and is stretched, never padded) and resized to S×S with bilinear
+Where a crop is cut is `ingest/crop_geometry.py`. In `blazeface` (the default),
+`facellava` and `box_corner` mode the cut is the authors': clamped at the frame edges
+(a cut at an edge is not square and is stretched, never padded) and resized to S×S with bilinear
 interpolation (OpenCV's default, as in their tool), whatever the face size. `centered`
 crops, for people who look at them, stay square: parts outside the frame are black and
 large faces are shrunk with area interpolation. Crops are RGB uint8.
@@ -28,17 +28,19 @@ def crop_face(
     image_bgr: np.ndarray,
     box_xyxy: np.ndarray | tuple[float, ...],
     size_px: int = 256,
-    mode: CropMode = "facellava",
+    mode: CropMode = "blazeface",
     margin: float = 0.25,
+    crop_box: np.ndarray | tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """Cut one face from a BGR frame: (size_px, size_px, 3) uint8 RGB (see the module doc).
 
+    `crop_box`: the face's BlazeFace box for `blazeface` mode (`Detections.crop_boxes`).
     A region that misses the frame gives a black crop.
     """
     if mode == "centered":
         return _centered_crop(image_bgr, box_xyxy, size_px, margin)
     frame_h, frame_w = image_bgr.shape[:2]
-    x0, y0, x1, y1 = crop_region_xyxy(box_xyxy, (frame_w, frame_h), mode)
+    x0, y0, x1, y1 = crop_region_xyxy(box_xyxy, (frame_w, frame_h), mode, crop_box)
     if x0 >= x1 or y0 >= y1:
         return np.zeros((size_px, size_px, 3), np.uint8)
     region = image_bgr[y0:y1, x0:x1]
@@ -82,8 +84,9 @@ def crop_in_frame_xyxy(
     frame_shape: tuple[int, ...],
     box_xyxy: np.ndarray | tuple[float, ...],
     size_px: int = 256,
-    mode: CropMode = "facellava",
+    mode: CropMode = "blazeface",
     margin: float = 0.25,
+    crop_box: np.ndarray | tuple[float, ...] | None = None,
 ) -> tuple[int, int, int, int]:
     """The part of `crop_face`'s output that shows the frame, as (x0, y0, x1, y1) crop pixels.
 
@@ -94,7 +97,7 @@ def crop_in_frame_xyxy(
     """
     if mode != "centered":
         frame_h, frame_w = frame_shape[:2]
-        rx0, ry0, rx1, ry1 = crop_region_xyxy(box_xyxy, (frame_w, frame_h), mode)
+        rx0, ry0, rx1, ry1 = crop_region_xyxy(box_xyxy, (frame_w, frame_h), mode, crop_box)
         return (0, 0, size_px, size_px) if rx0 < rx1 and ry0 < ry1 else (0, 0, 0, 0)
     x0, y0, x1, y1 = centered_square_xyxy(box_xyxy, margin)
     ix0, iy0, ix1, iy1 = _in_frame(x0, y0, x1, y1, frame_shape)

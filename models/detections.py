@@ -13,12 +13,15 @@ class Detections:
 
     `xyxy` is (N, 4) float32 boxes, `scores` (N,) float32 face probabilities and
     `landmarks` (N, 5, 2) float32 points: left eye, right eye, nose tip, left and right
-    mouth corners (RetinaFace order).
+    mouth corners (RetinaFace order). `crop_boxes`, when a crop detector ran
+    (`ingest/authors_boxes.py`), is (N, 4) float32: the box of the Face-LLaVA authors'
+    detector (BlazeFace) matched to each face, NaN where it found none for that face.
     """
 
     xyxy: np.ndarray
     scores: np.ndarray
     landmarks: np.ndarray
+    crop_boxes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.xyxy.shape[0]
@@ -29,6 +32,8 @@ class Detections:
                 f"xyxy {self.xyxy.shape}, scores {self.scores.shape}, "
                 f"landmarks {self.landmarks.shape}"
             )
+        if self.crop_boxes is not None and self.crop_boxes.shape != (n, 4):
+            raise ValueError(f"Detections crop_boxes {self.crop_boxes.shape} for {n} faces")
 
     @classmethod
     def empty(cls) -> Detections:
@@ -44,4 +49,5 @@ class Detections:
 
     def select(self, keep: np.ndarray) -> Detections:
         """The subset picked by a boolean mask or index array."""
-        return Detections(self.xyxy[keep], self.scores[keep], self.landmarks[keep])
+        crop_boxes = None if self.crop_boxes is None else self.crop_boxes[keep]
+        return Detections(self.xyxy[keep], self.scores[keep], self.landmarks[keep], crop_boxes)

@@ -1,15 +1,16 @@
-"""Fit and check the `facellava` crop geometry against the Face-LLaVA authors' crop regions.
+"""Check the crop geometries against the Face-LLaVA authors' crop regions; fit `facellava`.
 
     python -m scripts.crop_geometry_fit [--testdata DIR] [--transforms]
 
-Runs our RetinaFace (the test weights, CPU) on every frame of the three test clips,
+Runs our RetinaFace (the test weights, CPU) with our BlazeFace beside it (the default
+`blazeface` crop mode, `ingest/authors_boxes.py`) on every frame of the three test clips,
 matches each face of the authors' detector (`reference/blazeface_*.json`) to ours (box
 IoU ≥ 0.3, greedy), and prints, per clip: the crop-region IoU of the committed
 geometry, of the previous `box_corner` geometry, the unmatched share, a grid-search fit of
 the two parameters on all clips, and a leave-one-clip-out fit (fit on two clips, score
-the third). `--transforms` also scores mirrored and rescaled frames against the
-correspondingly transformed authors' regions. The test `tests/test_crop_geometry.py`
-uses the same functions.
+the third). `--transforms` also scores the `facellava` estimate on mirrored and
+rescaled frames against the correspondingly transformed authors' regions. The test
+`tests/test_crop_geometry.py` uses the same functions.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import av
 import cv2
 import numpy as np
 
+from ingest.authors_boxes import with_crop_boxes
 from ingest.crop_geometry import (
     BLAZEFACE_CENTRE_DY,
     BLAZEFACE_SIDE_SCALE,
     CropMode,
     crop_region_xyxy,
 )
+from ingest.pipeline import FaceDetector
 from models.detections import Detections
 from models.retinaface import DetectorOptions, RetinaFaceDetector
 
@@ -52,7 +55,8 @@ class MatchedFaces:
     from ours (the larger, over our eye–mouth distance); `faces_in_frame` (N,): how many
     faces their detector found in that frame (their tool keeps frames with exactly one);
     `keypoints_outside` (N,): some of their eye, nose and mouth keypoints lie outside
-    our box for the face.
+    our box for the face. `ours_crop_boxes` (N, 4): the BlazeFace box our pipeline paired
+    with our face (`Detections.crop_boxes`; NaN rows: none), None when it did not run.
     """
 
     name: str
@@ -63,6 +67,7 @@ class MatchedFaces:
     keypoint_gap: np.ndarray
     faces_in_frame: np.ndarray
     keypoints_outside: np.ndarray
+    ours_crop_boxes: np.ndarray | None = None
 
     @property
     def total(self) -> int:
@@ -88,7 +93,7 @@ def decode_bgr(video: Path) -> Iterator[np.ndarray]:
 
 
 def detect_video(
-    detector: RetinaFaceDetector,
+    detector: FaceDetector,
     video: Path,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     batch: int = 8,
@@ -157,6 +162,7 @@ def match_faces(
     if len(theirs) != len(ours):
         raise ValueError(f"{name}: {len(theirs)} reference frames but {len(ours)} decoded")
     ours_rows, crops, gaps, counts, outside, unmatched = [], [], [], [], [], 0
+    crop_boxes: list[np.ndarray] = []
     for their_frame, detections in zip(theirs, ours, strict=True):
         pairs = []
         for i, (box, _, _) in enumerate(their_frame):
@@ -171,6 +177,8 @@ def match_faces(
             used_theirs.add(i)
             used_ours.add(j)
             ours_rows.append(detections.xyxy[j].astype(np.float64))
+            if detections.crop_boxes is not None:
+                crop_boxes.append(detections.crop_boxes[j].astype(np.float64))
             crops.append(their_frame[i][1])
             gaps.append(_keypoint_gap(detections.landmarks[j], their_frame[i][2]))
             counts.append(len(their_frame))
@@ -196,6 +204,9 @@ def match_faces(
         keypoint_gap=np.array(gaps),
         faces_in_frame=np.array(counts),
         keypoints_outside=np.array(outside, bool),
+        ours_crop_boxes=np.array(crop_boxes).reshape(-1, 4) if ours and any(
+            d.crop_boxes is not None for d in ours
+        ) else None,
     )
 
 
@@ -212,10 +223,17 @@ def _keypoint_gap(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float(max(eyes_gap, mouth_gap) / scale)
 
 
-def crop_ious(faces: MatchedFaces, mode: CropMode = "facellava") -> np.ndarray:
+def crop_ious(faces: MatchedFaces, mode: CropMode = "blazeface") -> np.ndarray:
     """IoU of our crop region (the shipped code) with theirs, per matched face."""
+    crop_boxes = faces.ours_crop_boxes
+    if crop_boxes is None:
+        crop_boxes = np.full((len(faces.ours_xyxy), 4), np.nan)
     ours = np.array(
-        [crop_region_xyxy(box, faces.frame_wh, mode) for box in faces.ours_xyxy], np.float64
+        [
+            crop_region_xyxy(box, faces.frame_wh, mode, crop_box)
+            for box, crop_box in zip(faces.ours_xyxy, crop_boxes, strict=True)
+        ],
+        np.float64,
     ).reshape(-1, 4)
     return box_iou(ours, faces.theirs_crop_xyxy)
 
@@ -264,7 +282,7 @@ def summary(ious: np.ndarray, faces: MatchedFaces) -> str:
 
 
 def load_clips(
-    detector: RetinaFaceDetector,
+    detector: FaceDetector,
     testdata: Path,
     mirror: bool = False,
     scale: float = 1.0,
@@ -303,21 +321,26 @@ def main() -> None:
             device="cpu",
         )
     )
-    clips = load_clips(detector, args.testdata)
+    clips = load_clips(with_crop_boxes(detector, "blazeface"), args.testdata)
     print(f"committed geometry: centre_dy {BLAZEFACE_CENTRE_DY}, side_scale {BLAZEFACE_SIDE_SCALE}")
-    every = np.concatenate([crop_ious(c) for c in clips])
     unmatched = sum(c.unmatched for c in clips)
     total = sum(c.total for c in clips)
     for clip in clips:
-        print(f"  {clip.name:34s} facellava   {summary(crop_ious(clip), clip)}")
+        print(f"  {clip.name:34s} blazeface   {summary(crop_ious(clip), clip)}")
+        print(f"  {'':34s} facellava   {summary(crop_ious(clip, 'facellava'), clip)}")
         print(f"  {'':34s} box_corner  {summary(crop_ious(clip, 'box_corner'), clip)}")
-    print(
-        f"  all faces: mean {every.mean():.3f}  p10 {np.percentile(every, 10):.3f}  "
-        f"unmatched {unmatched}/{total} ({100 * unmatched / total:.1f} %)"
-    )
-    print("where the two detectors disagree (Hamilton clip, committed geometry):")
+        if clip.ours_crop_boxes is not None:
+            fallback = ~np.isfinite(clip.ours_crop_boxes).all(1)
+            print(f"  {'':34s} faces without a BlazeFace box (facellava used): {fallback.sum()}")
+    for mode in ("blazeface", "facellava"):
+        every = np.concatenate([crop_ious(c, mode) for c in clips])
+        print(
+            f"  all faces, {mode}: mean {every.mean():.3f}  p10 {np.percentile(every, 10):.3f}  "
+            f"unmatched {unmatched}/{total} ({100 * unmatched / total:.1f} %)"
+        )
+    print("where the two detectors disagree (Hamilton clip, facellava geometry):")
     hamilton = clips[0]
-    ious = crop_ious(hamilton)
+    ious = crop_ious(hamilton, "facellava")
     apart = hamilton.keypoint_gap > 0.3
     print(
         f"  their keypoints > 0.3 eye-mouth distances from ours on {100 * apart.mean():.0f} % "
@@ -354,9 +377,9 @@ def main() -> None:
             ("×0.75", False, 0.75),
             ("×1.5", False, 1.5),
         ):
-            print(f"{label} frames, committed geometry vs their transformed regions:")
+            print(f"{label} frames, facellava geometry vs their transformed regions:")
             for clip in load_clips(detector, args.testdata, mirror, scale):
-                print(f"  {clip.name:34s} {summary(crop_ious(clip), clip)}")
+                print(f"  {clip.name:34s} {summary(crop_ious(clip, 'facellava'), clip)}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def main() -> None:
             if len(theirs) != 1 or not len(detections):
                 continue
             their_crop = np.array(theirs[0]["crop_xyxy"], np.float64)
-            ours = np.array([crop_region_xyxy(b, frame_wh) for b in detections.xyxy], np.float64)
+            ours = np.array(
+                [crop_region_xyxy(b, frame_wh, "facellava") for b in detections.xyxy], np.float64
+            )
             ious = box_iou(ours, np.repeat(their_crop[None], len(ours), 0))
             best = int(np.argmax(ious))
             candidates.append((frame_index, detections.xyxy[best], their_crop, float(ious[best])))
@@ -78,7 +80,7 @@ def main() -> None:
     for region, colour in (
         (crop_region_xyxy(box, frame_wh, "box_corner"), BLUE),
         (tuple(int(v) for v in their_crop), RED),
-        (crop_region_xyxy(box, frame_wh), GREEN),
+        (crop_region_xyxy(box, frame_wh, "facellava"), GREEN),
     ):
         cv2.rectangle(drawn, region[:2], region[2:], colour, 2)
     left = _label(
@@ -86,7 +88,7 @@ def main() -> None:
         f"frame {frame_index}: ours (green) vs authors' (red), IoU {iou:.2f}; old (blue)",
         WHITE,
     )
-    ours_crop = cv2.cvtColor(crop_face(frame, box), cv2.COLOR_RGB2BGR)
+    ours_crop = cv2.cvtColor(crop_face(frame, box, mode="facellava"), cv2.COLOR_RGB2BGR)
     tx0, ty0, tx1, ty1 = (int(v) for v in their_crop)  # their region, cut as their tool does
     their_image = cv2.resize(frame[ty0:ty1, tx0:tx1], (256, 256), interpolation=cv2.INTER_LINEAR)
     crops = np.hstack(

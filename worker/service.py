@@ -98,9 +98,14 @@ class Worker:
         self._models_loaded = threading.Event()
 
     def _default_detector(self) -> FaceDetector:
+        from ingest.authors_boxes import with_crop_boxes
         from models.retinaface import RetinaFaceDetector
 
-        return RetinaFaceDetector.from_options(self.settings.detector)
+        return with_crop_boxes(
+            RetinaFaceDetector.from_options(self.settings.detector),
+            self.settings.windows.crop_mode,
+            self.settings.detector.device,
+        )
 
     def _default_answerer(self) -> WindowStepper:
         from worker.answering import FaceAnswerer

@@ -202,7 +202,13 @@ def analyze(
 
     share_cpu_with_decoder(settings, source.is_live)
     try:
-        detector = RetinaFaceDetector.from_options(settings.detector)
+        from ingest.authors_boxes import with_crop_boxes
+
+        detector = with_crop_boxes(
+            RetinaFaceDetector.from_options(settings.detector),
+            settings.windows.crop_mode,
+            settings.detector.device,
+        )
     except WeightsError as exc:
         source.close()
         print(f"facestream analyze: {exc}", file=sys.stderr)

@@ -131,6 +131,13 @@ def run(args: argparse.Namespace) -> int:
             f"  batch {batch:>2}: {timing.ms_per_frame:6.1f} ms/frame "
             f"({timing.ms_per_batch:.1f} ms/batch, {timing.frames_per_s:.1f} frames/s)"
         )
+    from models.blazeface import BlazeFaceDetector
+
+    blazeface = BlazeFaceDetector.load(device="cpu")
+    print("BlazeFace (crop_mode=blazeface, runs beside the detector on the same frames):")
+    for batch in BATCH_SIZES:
+        blaze_timing = blazeface.time_detection(sampled, batch, repeats=args.repeats)
+        print(f"  batch {batch:>2}: {blaze_timing.ms_per_frame:6.2f} ms/frame")
 
     if not args.skip_analyze:
         command = [

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from worker.commands import add_command
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ingest.crop_geometry import CropMode
     from ingest.frames import Frame
     from ingest.sources import SourceOptions
@@ -94,7 +96,11 @@ def run(args: argparse.Namespace) -> int:
         overrides["max_side_px"] = args.max_side or None
     try:
         options = with_overrides(settings.detector, overrides)
-        detector = RetinaFaceDetector.from_options(options)
+        from ingest.authors_boxes import with_crop_boxes
+
+        detector = with_crop_boxes(
+            RetinaFaceDetector.from_options(options), settings.windows.crop_mode, options.device
+        )
     except (
         pydantic.ValidationError,
         WeightsError,
@@ -154,8 +160,16 @@ class _CropGeometry:
 
         frame_wh = (frame.image_bgr.shape[1], frame.image_bgr.shape[0])
         return [
-            list(frame_region_xyxy(box, frame_wh, self.mode, self.margin)) for box in faces.xyxy
+            list(frame_region_xyxy(box, frame_wh, self.mode, self.margin, crop_box))
+            for box, crop_box in zip(faces.xyxy, _crop_boxes(faces), strict=True)
         ]
+
+
+def _crop_boxes(faces: Detections) -> list[np.ndarray | None]:
+    """Each face's BlazeFace box (`crop_mode=blazeface`), or None per face."""
+    if faces.crop_boxes is None:
+        return [None] * len(faces)
+    return list(faces.crop_boxes)
 
 
 def _print_batch(frames: list[Frame], detections: list[Detections], crops: _CropGeometry) -> None:

@@ -48,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_SETUP
 
     try:
-        detector = RetinaFaceDetector.from_options(settings.detector)
+        from ingest.authors_boxes import with_crop_boxes
+
+        detector = with_crop_boxes(
+            RetinaFaceDetector.from_options(settings.detector),
+            settings.windows.crop_mode,
+            settings.detector.device,
+        )
     except (WeightsError, DetectorCheckpointError, DeviceUnavailableError) as exc:
         log.error("cannot start: detector weights", error=" ".join(str(exc).split()))
         return EXIT_SETUP
