@@ -137,9 +137,23 @@ def test_servicemonitor_scrapes_metrics_on_the_worker_port(
 
 
 def exported_metric_names() -> set[str]:
-    from worker.metrics import Metrics
+    """Every family a worker's /metrics has once its detector measured its capacity (the
+    scrape-time ones included), read from a worker that started nothing."""
+    from worker.admission import MIN_FRAMES_MEASURED
+    from worker.service import Worker
+    from worker.settings import Settings
 
-    return {metric.name for metric in Metrics().registry.collect()}
+    worker = Worker(
+        Settings(worker_id="k8s-check", http={"host": "127.0.0.1", "port": 0}),
+        detector_factory=lambda: None,  # type: ignore[arg-type,return-value]
+        answerer_factory=lambda: None,  # type: ignore[arg-type,return-value]
+    )
+    try:
+        worker.admission.observe(MIN_FRAMES_MEASURED, 0.5)
+        worker.admission.update([], force=True)
+        return {metric.name for metric in worker.metrics.registry.collect()}
+    finally:
+        worker.http.stop()
 
 
 def test_autoscaler_uses_worker_load_metrics_within_partition_count(
@@ -167,6 +181,7 @@ def test_autoscaler_uses_worker_load_metrics_within_partition_count(
         assert float(meta["threshold"]) > 0
         assert "lag" not in meta["query"].lower()
         queried |= set(re.findall(r"facestream_[a-z_]+", meta["query"]))
+    assert "facestream_detector_load" in queried  # the detector's demand ÷ its capacity
     assert {"facestream_active_tracks", "facestream_queue_depth"} <= queried
     assert queried <= exported, queried - exported
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import structlog
 
 from ingest.pipeline import FaceDetector
+from worker.admission import Admission
 from worker.answering import Answerer, ModelStage
 from worker.detection import DetectionStage
 from worker.health import HealthServer
@@ -62,9 +63,12 @@ class Worker:
         self.streams = StreamTable()
         self.publisher = EventPublisher(settings.redis)
         self.queue = WindowQueue(
-            settings.scheduler.model_queue_windows, settings.scheduler.max_window_age_s
+            settings.scheduler.model_queue_windows,
+            settings.scheduler.max_window_age_s,
+            settings.scheduler.model_queue_bytes,
         )
         self.wake_detector = threading.Event()
+        self.admission = Admission(settings.scheduler.max_detector_load)
         self.supervisor = Supervisor(
             settings,
             self.streams,
@@ -81,7 +85,9 @@ class Worker:
             on_invalid=self.supervisor.on_invalid,
             allow_file=settings.source.allow_file,
         )
-        self.metrics.collect_stages(self.streams, self.queue, self.publisher, self.watcher.status)
+        self.metrics.collect_stages(
+            self.streams, self.queue, self.publisher, self.watcher.status, self.admission
+        )
         self.http = HealthServer(
             settings.http.host,
             settings.http.port,
@@ -141,6 +147,7 @@ class Worker:
             self.metrics,
             max_batch=self.settings.detector.max_batch,
             wake=self.wake_detector,
+            admission=self.admission,
         )
         self.model = ModelStage(
             answerer,
