@@ -1,22 +1,25 @@
 """Admission: which streams the detector serves when it cannot serve them all.
 
-Capacity is measured, never configured: the detector thread reports each batch's busy
-time (detection, tracking, crops, windows), and `DetectorCapacity` keeps an exponentially
-weighted mean of the seconds one frame costs; capacity = 1 / that, in frames per second.
+Capacity is measured: the detector thread reports each batch's busy time (detection,
+tracking, crops, windows), and `DetectorCapacity` keeps an exponentially weighted mean of
+the seconds one frame costs; capacity = 1 / that, in frames per second, capped by
+`FACESTREAM_SCHEDULER__DETECTOR_MAX_FPS` when the operator set it (a GPU shared with
+other work).
 A stream's demand is its detection rate (`StreamSpec.detection_fps`, else
 `FACESTREAM_SOURCE__SAMPLE_FPS`).
 
 Policy `start-order`: the streams are ordered by when they started (a restarted stream
-goes to the back). The longest-running are admitted while the sum of their demands stays
-within `max_detector_load` × capacity (the first is always admitted); from the first one
-that does not fit, every later stream is shed: the detector takes none of its frames, a
-live source is paused (its connection closed: no decoding), and its status says
-`degraded` with the reason. So overload costs whole streams, newest first, and never
-lowers every stream below the windows' coverage bar at once.
+goes to the back). A new stream is admitted when, with the streams before it, the demand
+stays within `max_detector_load` × capacity (the first stream is always admitted);
+otherwise it is shed, and so is every stream after the first one shed: the detector takes
+none of their frames, a live source is paused (its connection closed: no decoding), and
+the status says `degraded` with the reason. So overload costs whole streams, newest
+first, and never lowers every stream below the windows' coverage bar at once.
 
-Against flapping: shedding happens at once, re-admission one stream at a time, only when
-the last change is `SETTLE_S` old (the capacity has been measured since) and the stream
-fits within `READMIT_MARGIN` of the bar.
+Against flapping, two bars: an admitted stream is shed only when the demand up to it
+exceeds the capacity itself (above 100 %, it is not being fully served); a shed stream
+returns only under the admission bar again (`max_detector_load`), one stream at a time,
+and only when the last change is `SETTLE_S` old (capacity measured since).
 
 Why not lower a stream's rate first: a window needs `min_coverage` × `window_s` × fps
 samples for its 8-crop clip; at the defaults (2.5 s, 0.6) that is 7.5 samples at 5 fps,
@@ -42,7 +45,7 @@ FRAME_WEIGHT = 0.05  # weight of one frame in the mean cost (about the last 20-6
 MIN_FRAMES_MEASURED = 10  # capacity is unknown (everything admitted) before this many frames
 ADMISSION_PERIOD_S = 1.0  # how often the admitted set is reconsidered
 SETTLE_S = 5.0  # no re-admission sooner than this after any change
-READMIT_MARGIN = 0.8  # a shed stream returns only if it fits within this share of the bar
+SHED_LOAD = 1.0  # an admitted stream is shed when the demand up to it exceeds this x capacity
 
 
 class DetectorCapacity:
@@ -98,9 +101,13 @@ class Admission:
     `update` runs in the detector thread; `figures` may be read from any thread."""
 
     def __init__(
-        self, max_load: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_load: float,
+        max_fps: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_load = max_load
+        self.max_fps = max_fps
         self.capacity = DetectorCapacity()
         self._clock = clock
         self._next_update_s = 0.0
@@ -126,32 +133,39 @@ class Admission:
             (r for r in records if not r.read_all), key=lambda r: (r.started_s, r.stream_id)
         )
         capacity_fps = self.capacity.fps
+        if capacity_fps is not None and self.max_fps is not None:
+            capacity_fps = min(capacity_fps, self.max_fps)
         if capacity_fps is None:
             for record in candidates:
-                record.admit()
+                record.admit()  # nothing measured yet: nothing to shed for
             self._publish(capacity_fps, candidates)
             return
         bar_fps = self.max_load * capacity_fps
         admitted_fps = 0.0
         readmitted = False
-        cut_off: str | None = None  # set once a stream does not fit: all later ones are shed
+        cut_off: str | None = None  # set once a stream is shed: every later one is shed too
         for position, record in enumerate(candidates):
             demand = record.detection_fps
-            if cut_off is None and record.shed:
-                settled = now - self._last_change_s >= SETTLE_S
-                fits = admitted_fps + demand <= READMIT_MARGIN * bar_fps
-                if position == 0 or (settled and fits and not readmitted):
+            if cut_off is None:
+                within_bar = admitted_fps + demand <= bar_fps
+                if position == 0 or (
+                    record.admitted and admitted_fps + demand <= SHED_LOAD * capacity_fps
+                ):
+                    keep = True
+                elif record.shed:
+                    settled = now - self._last_change_s >= SETTLE_S
+                    keep = settled and within_bar and not readmitted
+                    readmitted = readmitted or keep
+                else:  # new since the last update
+                    keep = within_bar
+                if keep:
+                    if not record.admitted:
+                        self._changed(now, "stream admitted", record, capacity_fps)
                     record.admit()
-                    readmitted = True
-                    self._changed(now, "stream re-admitted", record, capacity_fps)
                     admitted_fps += demand
                     continue
-            elif cut_off is None and (position == 0 or admitted_fps + demand <= bar_fps):
-                admitted_fps += demand
-                continue
-            if cut_off is None:
                 cut_off = (
-                    f"shed: the detector is at capacity ({capacity_fps:.1f} frames/s measured, "
+                    f"shed: the detector is at capacity ({capacity_fps:.1f} frames/s, "
                     f"{self.max_load:.0%} of it admitted); streams that started earlier use "
                     f"{admitted_fps:.1f} frames/s, this one's {demand:g} fps would not fit; "
                     "its frames are not detected until capacity frees"
@@ -161,9 +175,7 @@ class Admission:
             record.shed_with(cut_off)
         self._publish(capacity_fps, candidates)
 
-    def _changed(
-        self, now: float, what: str, record: StreamRecord, capacity_fps: float
-    ) -> None:
+    def _changed(self, now: float, what: str, record: StreamRecord, capacity_fps: float) -> None:
         self._last_change_s = now
         log.info(
             what,

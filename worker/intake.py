@@ -68,6 +68,7 @@ class StreamRecord:
         self.started_s = time.monotonic()  # admission order: the longest-running first
         self.detection_fps = 0.0  # frames per second this stream asks of the detector
         self.shed_reason = ""  # why the detector does not serve it now ("" = served)
+        self.admitted = False  # `worker.admission` decided to serve it (new records: not yet)
         self.fps = {"decoded": 0.0, "detected": 0.0, "skipped": 0.0}
         self._rates = {stage: Rate() for stage in self.fps}
 
@@ -147,12 +148,14 @@ class StreamRecord:
     def shed_with(self, reason: str) -> None:
         """Stop serving: the detector takes no frames, a live source stops decoding."""
         self.shed_reason = reason
+        self.admitted = False
         if self.source is not None:
             self.source.pause()
 
     def admit(self) -> None:
         """Serve again (a live source reconnects)."""
         self.shed_reason = ""
+        self.admitted = True
         if self.source is not None:
             self.source.resume()
 

@@ -110,9 +110,7 @@ class Metrics:
         admission: Admission,
     ) -> None:
         """Export the stages' own counters at every scrape (call once)."""
-        self.registry.register(
-            StageCollector(streams, queue, publisher, watcher_status, admission)
-        )
+        self.registry.register(StageCollector(streams, queue, publisher, watcher_status, admission))
 
 
 class StageCollector(Collector):

@@ -68,7 +68,9 @@ class Worker:
             settings.scheduler.model_queue_bytes,
         )
         self.wake_detector = threading.Event()
-        self.admission = Admission(settings.scheduler.max_detector_load)
+        self.admission = Admission(
+            settings.scheduler.max_detector_load, settings.scheduler.detector_max_fps
+        )
         self.supervisor = Supervisor(
             settings,
             self.streams,

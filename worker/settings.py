@@ -106,6 +106,12 @@ class SchedulerSettings(BaseModel):
         "within this fraction of the measured detector capacity; the rest are shed "
         "(state degraded).",
     )
+    detector_max_fps: float | None = Field(
+        None,
+        gt=0,
+        description="Plan the detector for at most this many frames/s even when it measures "
+        "faster (a GPU shared with other work, or headroom kept); unset = as measured.",
+    )
     max_window_age_s: float = Field(30.0, gt=0, description="Older waiting windows are dropped.")
     batch_wait_ms: int = Field(20, ge=0, description="How long a batch waits to fill.")
 
