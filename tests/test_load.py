@@ -303,7 +303,7 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
     giants = [f"giant-{i}" for i in range(3)]
     giants_started_s = time.time()
     for stream_id in giants:
-        _submit(worker_env, str(giant_clip), stream_id)
+        _submit(worker_env, str(giant_clip), stream_id, "--allow-file")
 
     def all_done() -> bool:
         return all(_status(client, prefix, s).get("state") == "done" for s in giants)
