@@ -379,6 +379,8 @@ def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_re
     assert code == 200
     load = float(re.search(r"^facestream_detector_load ([\d.e+-]+)$", metrics, re.M).group(1))
     degraded = float(re.search(r"^facestream_degraded_streams ([\d.e+-]+)$", metrics, re.M)[1])
+    capacity = float(re.search(r"^facestream_detector_capacity_fps ([\d.e+-]+)$", metrics, re.M)[1])
+    print(f"served {served}, degraded {shed}; capacity {capacity:.1f} frames/s, load {load:.2f}")
     assert load >= 20 / 8 - 0.01 and degraded == len(shed)  # demand 4 x 5 fps, capacity <= 8
     assert worker.get("/healthz")[0] == 200
 
