@@ -107,9 +107,10 @@ class Metrics:
         queue: WindowQueue,
         publisher: EventPublisher,
         watcher_status: Callable[[], WatcherStatus],
-        admission: Admission,
+        admission: Admission | None = None,
     ) -> None:
-        """Export the stages' own counters at every scrape (call once)."""
+        """Export the stages' own counters at every scrape (call once); without `admission`
+        (no detector) the load figures are not exported."""
         self.registry.register(StageCollector(streams, queue, publisher, watcher_status, admission))
 
 
@@ -122,7 +123,7 @@ class StageCollector(Collector):
         queue: WindowQueue,
         publisher: EventPublisher,
         watcher_status: Callable[[], WatcherStatus],
-        admission: Admission,
+        admission: Admission | None = None,
     ) -> None:
         self._streams = streams
         self._queue = queue
@@ -203,6 +204,8 @@ class StageCollector(Collector):
         yield dropped
 
     def _load(self) -> Iterator[Metric]:
+        if self._admission is None:
+            return
         figures = self._admission.figures()
         yield GaugeMetricFamily(
             "facestream_degraded_streams",
