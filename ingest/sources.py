@@ -12,11 +12,15 @@ Pull from one consumer, blocking (one stream) or not (many streams, one thread):
 - `frames()` (or `start()`) starts a named reader thread (`source-<stream_id>`) that
   opens the URL with PyAV and explicit FFmpeg options (RTSP over TCP, socket timeouts,
   protocol and demuxer whitelists), decodes the video with threads and keeps frames at
-  `sample_fps` by their timestamps. Frames reach `frames()` / `take()` through one bounded queue of
-  `queue_frames`: a live source drops the oldest frame when the consumer falls behind
+  `sample_fps` by their timestamps. Frames reach `frames()` / `take()` through one queue
+  bounded by `queue_frames` frames and `queue_bytes` bytes of pixels (one frame always
+  fits): a live source drops the oldest frame when the consumer falls behind
   (counted in `stats.frames_dropped`), a file waits for the consumer. `take()` returns the
   oldest waiting frame or None; after the end `finished` is True, after a failure it raises
   the `SourceError`; `start(wake=event)` sets `event` whenever a frame or the end arrives.
+- `pause()` / `resume()`: a paused live source closes its connection (no decoding, no
+  frames) and opens a new one on resume. A file needs no pause: it stops decoding by itself
+  while its queue is full and nobody takes its frames.
 - Files end: `frames()` returns at the end (state `done`). A missing, unreadable or
   corrupt file raises a `SourceError` from `frames()` (state `error`).
 - Live sources (rtsp/rtsps; http(s) with neither a duration nor a size) never end: a
@@ -40,14 +44,13 @@ Pull from one consumer, blocking (one stream) or not (many streams, one thread):
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import math
 import os
-import queue
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -98,6 +101,12 @@ class SourceOptions(BaseModel):
         ge=1,
         description="Sampled frames waiting per stream for detection; a live source drops its "
         "oldest, a file waits.",
+    )
+    queue_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Bytes of decoded frames waiting per stream (one frame always fits); the "
+        "same policy as queue_frames applies when either bound is reached.",
     )
     give_up_after_failures: int = Field(
         0, ge=0, description="Live sources: fail after this many failed opens in a row (0 = never)."
@@ -336,8 +345,88 @@ class _End:
         self.error = error
 
 
+class _FrameQueue:
+    """The frames waiting for the consumer, bounded by count and by bytes of pixels.
+
+    An item fits when fewer than `max_items` wait and its bytes fit under `max_bytes`; an
+    empty queue takes any one frame, so a frame larger than `max_bytes` still moves (one
+    at a time). The end marker counts as an item of no bytes.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: deque[Frame | _End] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+
+    @staticmethod
+    def _size(item: Frame | _End) -> int:
+        return int(item.image_bgr.nbytes) if isinstance(item, Frame) else 0
+
+    def _fits(self, item: Frame | _End) -> bool:
+        if not self._items:
+            return True
+        return len(self._items) < self.max_items and self._bytes + self._size(item) <= (
+            self.max_bytes
+        )
+
+    def _append(self, item: Frame | _End) -> None:
+        self._items.append(item)
+        self._bytes += self._size(item)
+        self._cond.notify_all()
+
+    def _pop(self) -> Frame | _End:
+        item = self._items.popleft()
+        self._bytes -= self._size(item)
+        self._cond.notify_all()
+        return item
+
+    def put(self, item: Frame | _End, timeout_s: float) -> bool:
+        """Queue `item`, waiting up to `timeout_s` for room; False when there was none."""
+        with self._cond:
+            if not self._fits(item):
+                self._cond.wait(timeout_s)
+                if not self._fits(item):
+                    return False
+            self._append(item)
+            return True
+
+    def put_dropping_oldest(self, item: Frame | _End) -> int:
+        """Queue `item` at once, dropping the oldest waiting items until it fits; returns
+        how many frames were dropped."""
+        dropped = 0
+        with self._cond:
+            while not self._fits(item):
+                if isinstance(self._pop(), Frame):
+                    dropped += 1
+            self._append(item)
+        return dropped
+
+    def get(self, timeout_s: float = 0.0) -> Frame | _End | None:
+        """The oldest item, waiting up to `timeout_s` for one; None when there is none."""
+        with self._cond:
+            if not self._items and timeout_s > 0:
+                self._cond.wait(timeout_s)
+            return self._pop() if self._items else None
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the frames waiting now."""
+        with self._cond:
+            return self._bytes
+
+
 class _StopRequestedError(Exception):
     """Internal: close() was called."""
+
+
+class _PausedError(Exception):
+    """Internal: pause() was called on a live source; close the connection and wait."""
 
 
 class _ConnectionLostError(Exception):
@@ -368,7 +457,9 @@ class VideoSource:
         self._error: str | None = None
         self._state_lock = threading.Lock()
         self._stop = threading.Event()
-        self._queue: queue.Queue[Frame | _End] = queue.Queue(maxsize=self.options.queue_frames)
+        self._queue = _FrameQueue(self.options.queue_frames, self.options.queue_bytes)
+        self._resumed = threading.Event()  # cleared while paused (see `pause`)
+        self._resumed.set()
         self._thread: threading.Thread | None = None
         self._wake: threading.Event | None = None
         self._finished = False
@@ -408,7 +499,27 @@ class VideoSource:
     @property
     def waiting(self) -> int:
         """Frames waiting in the queue now (for the queue-depth metric)."""
-        return self._queue.qsize()
+        return len(self._queue)
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Bytes of the frames waiting in the queue now (for the memory metric)."""
+        return self._queue.nbytes
+
+    @property
+    def paused(self) -> bool:
+        """Whether `pause()` holds the source now."""
+        return not self._resumed.is_set()
+
+    def pause(self) -> None:
+        """Stop decoding until `resume()`: a live source closes its connection at the next
+        packet and opens a new one on resume (its stream time continuing by the wall time
+        passed). A finite source ignores it: it waits anyway while its queue is full."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        """Decode again after `pause()`."""
+        self._resumed.set()
 
     @property
     def finished(self) -> bool:
@@ -430,9 +541,8 @@ class VideoSource:
         source failed with (once every frame before it was taken)."""
         if self._finished:
             return None
-        try:
-            item = self._queue.get_nowait()
-        except queue.Empty:
+        item = self._queue.get()
+        if item is None:
             return None
         if isinstance(item, _End):
             self._finished = True
@@ -446,9 +556,8 @@ class VideoSource:
         self.start()
         try:
             while not self._stop.is_set():
-                try:
-                    item = self._queue.get(timeout=_POLL_S)
-                except queue.Empty:
+                item = self._queue.get(_POLL_S)
+                if item is None:
                     continue
                 if isinstance(item, _End):
                     self._finished = True
@@ -507,6 +616,9 @@ class VideoSource:
             while not self._stop.is_set():
                 try:
                     self._run_connection()
+                except _PausedError:
+                    self._wait_resumed()
+                    continue
                 except _ConnectionLostError as lost:
                     if lost.stalled:
                         self._count("stalls")
@@ -570,17 +682,24 @@ class VideoSource:
         if self._stop.wait(delay_s):
             raise _StopRequestedError
 
+    def _wait_resumed(self) -> None:
+        """Wait (connection closed) until `resume()`; `close()` ends the wait."""
+        self._log.info("source.paused")
+        while not self._resumed.wait(_POLL_S):
+            if self._stop.is_set():
+                raise _StopRequestedError
+        self._log.info("source.resumed")
+
     def _put_final(self, item: _End) -> None:
         """Queue the end marker behind the frames; once closed, make room instead of waiting."""
         while True:
-            try:
-                self._queue.put(item, timeout=_POLL_S)
+            if self._stop.is_set():
+                self._queue.put_dropping_oldest(item)
                 self._wake_consumer()
                 return
-            except queue.Full:
-                if self._stop.is_set():
-                    with contextlib.suppress(queue.Empty):
-                        self._queue.get_nowait()
+            if self._queue.put(item, _POLL_S):
+                self._wake_consumer()
+                return
 
     def _wake_consumer(self) -> None:
         if self._wake is not None:
@@ -588,24 +707,13 @@ class VideoSource:
 
     def _deliver(self, frame: Frame) -> None:
         if self._live:
-            while True:
-                try:
-                    self._queue.put_nowait(frame)
-                    self._wake_consumer()
-                    return
-                except queue.Full:
-                    try:
-                        self._queue.get_nowait()
-                        self._count("frames_dropped")
-                    except queue.Empty:
-                        pass
+            self._count("frames_dropped", self._queue.put_dropping_oldest(frame))
+            self._wake_consumer()
+            return
         while not self._stop.is_set():
-            try:
-                self._queue.put(frame, timeout=_POLL_S)
+            if self._queue.put(frame, _POLL_S):
                 self._wake_consumer()
                 return
-            except queue.Full:
-                continue
         raise _StopRequestedError
 
     def _open(self) -> Any:
@@ -656,6 +764,8 @@ class VideoSource:
                 for packet in container.demux(stream):
                     if self._stop.is_set():
                         raise _StopRequestedError
+                    if not finite and not self._resumed.is_set():
+                        raise _PausedError
                     now = time.monotonic()
                     if not finite and now - last_frame_mono > self.options.stall_timeout_s:
                         raise _ConnectionLostError(
@@ -696,7 +806,7 @@ class VideoSource:
                         delivered = True
                         self._set_state(SourceState.RUNNING)
                         self._deliver(frame)
-            except (_StopRequestedError, _ConnectionLostError, SourceError):
+            except (_StopRequestedError, _PausedError, _ConnectionLostError, SourceError):
                 raise
             except (av.error.ExitError, TimeoutError, av.error.TimeoutError) as exc:
                 if finite:

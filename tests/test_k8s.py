@@ -167,6 +167,7 @@ def test_autoscaler_uses_worker_load_metrics_within_partition_count(
         assert float(meta["threshold"]) > 0
         assert "lag" not in meta["query"].lower()
         queried |= set(re.findall(r"facestream_[a-z_]+", meta["query"]))
+    assert "facestream_detector_load" in queried  # the detector's demand ÷ its capacity
     assert {"facestream_active_tracks", "facestream_queue_depth"} <= queried
     assert queried <= exported, queried - exported
 

@@ -197,7 +197,10 @@ def _record(worker: Worker, stream_id: str = "cam-u") -> StreamRecord:
 
 def _job(stream_id: str, track_id: int = 1) -> WindowJob:
     window = SimpleNamespace(stream_id=stream_id, track_id=track_id)
-    request = SimpleNamespace(clip=SimpleNamespace(window=window), image=None)
+    request = SimpleNamespace(
+        clip=SimpleNamespace(window=window, crops_rgb=np.zeros((8, 4, 4, 3), np.uint8)),
+        image=SimpleNamespace(crop_rgb=np.zeros((4, 4, 3), np.uint8)),
+    )
     return WindowJob(request, (Task.EMOTION,))  # type: ignore[arg-type]
 
 

@@ -1,20 +1,27 @@
 """The detector thread: frames of every stream → one RetinaFace batch → each stream's
 tracker and window builder → `WindowJob`s into the window queue.
 
-Input: each running stream's source queue (pulled with `StreamRecord.take_frames`,
-bounded by `FACESTREAM_SOURCE__QUEUE_FRAMES`; a live source drops its oldest frame, a
-file waits). Output: `WindowQueue.put` (bounded, `newest-per-track`).
+Input: each admitted stream's source queue (pulled with `StreamRecord.take_frame`,
+bounded by `FACESTREAM_SOURCE__QUEUE_FRAMES` and `QUEUE_BYTES`; a live source drops its
+oldest frame, a file waits). Each turn takes at most `max_batch` frames, one per stream
+in turn (the first stream rotates), so the frames in the detector's hands are bounded too.
+Output: `WindowQueue.put` (bounded, `newest-per-track`).
+
+Every turn also lets `worker.admission` decide which streams are served, and reports each
+batch's busy time to it (the measured capacity).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import structlog
 
 from ingest.frames import Frame
 from ingest.pipeline import FaceDetector
 from ingest.windows import WindowRequests
+from worker.admission import Admission
 from worker.intake import StreamRecord, StreamTable
 from worker.metrics import Metrics
 from worker.scheduler import WindowJob, WindowQueue
@@ -38,9 +45,12 @@ class DetectionStage(StageThread):
         *,
         max_batch: int,
         wake: threading.Event,
+        admission: Admission,
     ) -> None:
         super().__init__("detector")
         self.wake = wake
+        self.admission = admission
+        self._turn = 0
         self._detector = detector
         self._streams = streams
         self._queue = queue
@@ -59,18 +69,43 @@ class DetectionStage(StageThread):
             self.wake.wait(_IDLE_WAIT_S)
             self.wake.clear()
             records = self._streams.active()
-            batch = [(record, frame) for record in records for frame in record.take_frames()]
-            for start in range(0, len(batch), self._max_batch):
-                self.detect_and_track(batch[start : start + self._max_batch])
+            self.admission.update(records)
+            batch = self.take_batch([r for r in records if not r.shed])
+            if batch:
+                started = time.monotonic()
+                if self.detect_and_track(batch):
+                    self.admission.observe(len(batch), time.monotonic() - started)
+                if len(batch) == self._max_batch:
+                    self.wake.set()  # more may be waiting: no idle wait before the next turn
             for record in records:
                 if record.read_all and not record.flushed:
                     self._flush(record)
 
-    def detect_and_track(self, batch: list[tuple[StreamRecord, Frame]]) -> None:
-        """Detect one batch and feed each stream's pipeline. A failing batch (say, out of
-        GPU memory) or frame is skipped and counted (`frames_skipped{reason=detector_error}`)
-        so one bad stream cannot stop detection for all; only failures
-        `DETECTOR_FAILURES_IN_ROW` batches in a row end the thread (and `/healthz` says so)."""
+    def take_batch(self, records: list[StreamRecord]) -> list[tuple[StreamRecord, Frame]]:
+        """Up to `max_batch` waiting frames, one per stream in turn, the first stream
+        rotating between calls so no stream always waits for the others."""
+        if records:
+            self._turn = (self._turn + 1) % len(records)
+            records = records[self._turn :] + records[: self._turn]
+        batch: list[tuple[StreamRecord, Frame]] = []
+        while records and len(batch) < self._max_batch:
+            with_more = []
+            for record in records:
+                if len(batch) == self._max_batch:
+                    break
+                frame = record.take_frame()
+                if frame is not None:
+                    batch.append((record, frame))
+                    with_more.append(record)
+            records = with_more
+        return batch
+
+    def detect_and_track(self, batch: list[tuple[StreamRecord, Frame]]) -> bool:
+        """Detect one batch and feed each stream's pipeline; False when the batch failed. A
+        failing batch (say, out of GPU memory) or frame is skipped and counted
+        (`frames_skipped{reason=detector_error}`) so one bad stream cannot stop detection for
+        all; only failures `DETECTOR_FAILURES_IN_ROW` batches in a row end the thread (and
+        `/healthz` says so)."""
         try:
             detections = self._detector.detect([frame.image_bgr for _, frame in batch])
         except Exception:
@@ -80,7 +115,7 @@ class DetectionStage(StageThread):
             log.exception("detector batch failed; its frames are skipped", frames=len(batch))
             for record, _ in batch:
                 record.detector_errors += 1
-            return
+            return False
         self._failures_in_row = 0
         self._metrics.detector_batch_size.observe(len(batch))
         for (record, frame), dets in zip(batch, detections, strict=True):
@@ -93,6 +128,7 @@ class DetectionStage(StageThread):
                 continue
             record.detected += 1
             self.enqueue(record, step.windows)
+        return True
 
     def enqueue(self, record: StreamRecord, windows: list[WindowRequests]) -> None:
         """Queue a stream's windows, unless the stream was stopped meanwhile (counted)."""

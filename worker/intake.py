@@ -1,11 +1,13 @@
 """Intake: one `StreamRecord` per stream, kept in the `StreamTable`.
 
-A running record owns its `VideoSource` (reader thread `source-<id>`, one bounded frame
-queue of `FACESTREAM_SOURCE__QUEUE_FRAMES`: a live source drops its oldest frame, a file
-waits) and its `StreamPipeline` (tracking, crops, windows; used by the detector thread
-only). The detector pulls frames with `take_frames()`: there is no thread per stream in
-the worker. A record that failed or finished stays in the table, retired, so the same
-spec is not started again until the assignment changes.
+A running record owns its `VideoSource` (reader thread `source-<id>`, one frame queue
+bounded by `FACESTREAM_SOURCE__QUEUE_FRAMES` and `QUEUE_BYTES`: a live source drops its
+oldest frame, a file waits) and its `StreamPipeline` (tracking, crops, windows; used by
+the detector thread only). The detector pulls frames with `take_frame()`: there is no
+thread per stream in the worker. When the detector cannot serve every stream,
+`worker.admission` sheds some (`shed_with`: source paused, status `degraded`). A record
+that failed or finished stays in the table, retired, so the same spec is not started
+again until the assignment changes.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class StreamRecord:
         self.detector_errors = 0  # sampled frames lost to a detector or tracking error
         self.flushed = False  # the detector thread ran `pipeline.finish()`
         self.last_frame_wall_s: float | None = None
+        self.started_s = time.monotonic()  # admission order: the longest-running first
+        self.detection_fps = 0.0  # frames per second this stream asks of the detector
+        self.shed_reason = ""  # why the detector does not serve it now ("" = served)
+        self.admitted = False  # `worker.admission` decided to serve it (new records: not yet)
         self.fps = {"decoded": 0.0, "detected": 0.0, "skipped": 0.0}
         self._rates = {stage: Rate() for stage in self.fps}
 
@@ -80,6 +86,7 @@ class StreamRecord:
             window_options_for(spec, settings),
         )
         record.source = VideoSource(spec.url, source_options, stream_id=spec.stream_id)
+        record.detection_fps = source_options.sample_fps
         return record
 
     @property
@@ -92,13 +99,18 @@ class StreamRecord:
         """The stream's state for its status hash."""
         if self.error or self.source is None:
             return StreamState.ERROR
+        if self.shed_reason and self.source.state != SourceState.ERROR:
+            return StreamState.DEGRADED
         return StreamState.while_source_is(self.source.state)
 
     @property
     def status_error(self) -> str:
-        """The error text for the status hash (redacted by `StreamStatus`)."""
+        """The error text for the status hash (redacted by `StreamStatus`); for a shed
+        stream, why it is not served."""
         if self.error:
             return self.error
+        if self.shed_reason and self.source is not None and self.source.state != SourceState.ERROR:
+            return self.shed_reason
         return (self.source.error if self.source is not None else None) or ""
 
     @property
@@ -129,20 +141,37 @@ class StreamRecord:
         if self.source is not None:
             self.source.close()
 
-    def take_frames(self) -> list[Frame]:
-        """Every frame waiting now (at most `queue_frames`); a source failure is kept as
-        the record's state, never raised."""
-        frames: list[Frame] = []
+    @property
+    def shed(self) -> bool:
+        """Whether the detector does not serve this stream now (see `worker.admission`)."""
+        return bool(self.shed_reason)
+
+    def shed_with(self, reason: str) -> None:
+        """Stop serving: the detector takes no frames, a live source stops decoding."""
+        self.shed_reason = reason
+        self.admitted = False
+        if self.source is not None:
+            self.source.pause()
+
+    def admit(self) -> None:
+        """Serve again (a live source reconnects)."""
+        self.shed_reason = ""
+        self.admitted = True
+        if self.source is not None:
+            self.source.resume()
+
+    def take_frame(self) -> Frame | None:
+        """The oldest waiting frame, or None; a source failure is kept as the record's
+        state, never raised."""
         if self.source is None:
-            return frames
+            return None
         try:
-            while (frame := self.source.take()) is not None:
-                frames.append(frame)
+            frame = self.source.take()
         except SourceError:
-            pass  # the source's state is `error` with the reason; the supervisor reports it
-        if frames:
-            self.last_frame_wall_s = frames[-1].wall_time_s
-        return frames
+            return None  # the source's state is `error` with the reason; the supervisor reports it
+        if frame is not None:
+            self.last_frame_wall_s = frame.wall_time_s
+        return frame
 
     def update_rates(self) -> None:
         """Frames per second since the previous call (decoded, detected, skipped)."""

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from worker.admission import Admission
     from worker.intake import StreamTable
     from worker.publisher import EventPublisher
     from worker.scheduler import WindowQueue
@@ -106,9 +107,11 @@ class Metrics:
         queue: WindowQueue,
         publisher: EventPublisher,
         watcher_status: Callable[[], WatcherStatus],
+        admission: Admission | None = None,
     ) -> None:
-        """Export the stages' own counters at every scrape (call once)."""
-        self.registry.register(StageCollector(streams, queue, publisher, watcher_status))
+        """Export the stages' own counters at every scrape (call once); without `admission`
+        (no detector) the load figures are not exported."""
+        self.registry.register(StageCollector(streams, queue, publisher, watcher_status, admission))
 
 
 class StageCollector(Collector):
@@ -120,11 +123,13 @@ class StageCollector(Collector):
         queue: WindowQueue,
         publisher: EventPublisher,
         watcher_status: Callable[[], WatcherStatus],
+        admission: Admission | None = None,
     ) -> None:
         self._streams = streams
         self._queue = queue
         self._publisher = publisher
         self._watcher_status = watcher_status
+        self._admission = admission
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the registry then never collects at registration time."""
@@ -134,6 +139,7 @@ class StageCollector(Collector):
         """One family per metric, built from the stages' counters now."""
         yield from self._per_stream()
         yield from self._queues()
+        yield from self._load()
         yield from self._publisher_and_kafka()
 
     def _per_stream(self) -> Iterator[Metric]:
@@ -178,6 +184,15 @@ class StageCollector(Collector):
         depth.add_metric(["windows"], len(self._queue))
         depth.add_metric(["frames"], sum(r.source.waiting for r in records if r.source))
         yield depth
+        held = GaugeMetricFamily(
+            "facestream_queue_bytes",
+            "Bytes of pixels waiting per queue (frames: decoded frames of every stream; "
+            "windows: face crops for the model).",
+            labels=["queue"],
+        )
+        held.add_metric(["windows"], self._queue.nbytes)
+        held.add_metric(["frames"], sum(r.source.waiting_bytes for r in records if r.source))
+        yield held
         dropped = CounterMetricFamily(
             "facestream_windows_dropped",
             "Windows dropped (reason: superseded, queue_full, stale, stream_stopped, "
@@ -187,6 +202,34 @@ class StageCollector(Collector):
         for reason, count in self._queue.drops.items():
             dropped.add_metric([reason], count)
         yield dropped
+
+    def _load(self) -> Iterator[Metric]:
+        if self._admission is None:
+            return
+        figures = self._admission.figures()
+        yield GaugeMetricFamily(
+            "facestream_degraded_streams",
+            "Streams shed from detection because the detector is at capacity.",
+            value=figures.degraded_streams,
+        )
+        yield GaugeMetricFamily(
+            "facestream_detector_demand_fps",
+            "Frames per second the running streams ask of the detector (admitted or not).",
+            value=figures.demand_fps,
+        )
+        if figures.capacity_fps is None or figures.load is None:
+            return  # not measured yet: no figure rather than a made-up one
+        yield GaugeMetricFamily(
+            "facestream_detector_capacity_fps",
+            "Frames per second the detector achieves when busy (measured).",
+            value=figures.capacity_fps,
+        )
+        yield GaugeMetricFamily(
+            "facestream_detector_load",
+            "Detector demand ÷ measured capacity (above scheduler.max_detector_load, the "
+            "newest streams are shed; above 1, more than one worker's worth).",
+            value=figures.load,
+        )
 
     def _publisher_and_kafka(self) -> Iterator[Metric]:
         stats = self._publisher.stats()

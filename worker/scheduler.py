@@ -1,8 +1,9 @@
 """The bounded queue between the windows and the model, with a named drop policy.
 
 Policy `newest-per-track`: a person's newer window supersedes their older one still
-waiting (the newer says more about now); when the queue is full the oldest window of
-all is dropped; a window older than `max_age_s` when the model reaches it is dropped
+waiting (the newer says more about now); when the queue is full — `capacity` windows or
+`capacity_bytes` bytes of crops — the oldest windows of all are dropped until the new one
+fits (one window always fits); a window older than `max_age_s` when the model reaches it is dropped
 as stale. Every drop is counted by reason (`drops`); nothing is dropped silently.
 """
 
@@ -28,6 +29,11 @@ class WindowJob:
     enqueued_s: float = field(default_factory=time.monotonic)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the crops this job holds (its clip and its best image)."""
+        return int(self.request.clip.crops_rgb.nbytes) + int(self.request.image.crop_rgb.nbytes)
+
+    @property
     def key(self) -> tuple[str, int]:
         """(stream_id, track_id): a person's newer window supersedes the older one."""
         window = self.request.clip.window
@@ -37,8 +43,10 @@ class WindowJob:
 class WindowQueue:
     """Thread-safe, bounded, with the `newest-per-track` policy; drops counted by reason."""
 
-    def __init__(self, capacity: int, max_age_s: float) -> None:
+    def __init__(self, capacity: int, max_age_s: float, capacity_bytes: int | None = None) -> None:
         self._capacity = capacity
+        self._capacity_bytes = capacity_bytes
+        self._bytes = 0
         self._max_age_s = max_age_s
         self._drops: Counter[str] = Counter()
         self._jobs: OrderedDict[tuple[str, int], WindowJob] = OrderedDict()
@@ -64,6 +72,24 @@ class WindowQueue:
         with self._cond:
             return len(self._jobs)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the crops of the windows waiting now."""
+        with self._cond:
+            return self._bytes
+
+    def _full_for(self, job: WindowJob) -> bool:
+        if not self._jobs:
+            return False
+        if len(self._jobs) >= self._capacity:
+            return True
+        return self._capacity_bytes is not None and self._bytes + job.nbytes > self._capacity_bytes
+
+    def _remove(self, key: tuple[str, int]) -> WindowJob:
+        job = self._jobs.pop(key)
+        self._bytes -= job.nbytes
+        return job
+
     def put(self, job: WindowJob) -> None:
         """Enqueue without ever blocking; applies the drop policy."""
         with self._cond:
@@ -71,12 +97,13 @@ class WindowQueue:
                 self._count_drop("shutdown", 1)
                 return
             if job.key in self._jobs:
-                del self._jobs[job.key]
+                self._remove(job.key)
                 self._count_drop("superseded", 1)
-            elif len(self._jobs) >= self._capacity:
-                self._jobs.popitem(last=False)
+            while self._full_for(job):
+                self._remove(next(iter(self._jobs)))
                 self._count_drop("queue_full", 1)
             self._jobs[job.key] = job
+            self._bytes += job.nbytes
             self._cond.notify()
 
     def take(self, max_jobs: int, fill_wait_s: float, timeout_s: float) -> list[WindowJob]:
@@ -99,7 +126,7 @@ class WindowQueue:
             batch: list[WindowJob] = []
             now = time.monotonic()
             while self._jobs and len(batch) < max_jobs:
-                _, job = self._jobs.popitem(last=False)
+                job = self._remove(next(iter(self._jobs)))
                 if now - job.enqueued_s > self._max_age_s:
                     self._count_drop("stale", 1)
                     continue
@@ -125,7 +152,7 @@ class WindowQueue:
         with self._cond:
             keys = [k for k in self._jobs if k[0] == stream_id]
             for k in keys:
-                del self._jobs[k]
+                self._remove(k)
             if keys:
                 self._count_drop("stream_stopped", len(keys))
 
@@ -135,6 +162,7 @@ class WindowQueue:
             self._closed = True
             n = len(self._jobs)
             self._jobs.clear()
+            self._bytes = 0
             if n:
                 self._count_drop("shutdown", n)
             self._cond.notify_all()

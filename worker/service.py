@@ -28,6 +28,7 @@ from collections.abc import Callable
 import structlog
 
 from ingest.pipeline import FaceDetector
+from worker.admission import Admission
 from worker.detection import DetectionStage
 from worker.health import HealthServer
 from worker.intake import StreamTable
@@ -63,9 +64,14 @@ class Worker:
         self.streams = StreamTable()
         self.publisher = EventPublisher(settings.redis)
         self.queue = WindowQueue(
-            settings.scheduler.model_queue_windows, settings.scheduler.max_window_age_s
+            settings.scheduler.model_queue_windows,
+            settings.scheduler.max_window_age_s,
+            settings.scheduler.model_queue_bytes,
         )
         self.wake_detector = threading.Event()
+        self.admission = Admission(
+            settings.scheduler.max_detector_load, settings.scheduler.detector_max_fps
+        )
         self.supervisor = Supervisor(
             settings,
             self.streams,
@@ -83,7 +89,9 @@ class Worker:
             on_invalid=self.supervisor.on_invalid,
             allow_file=settings.source.allow_file,
         )
-        self.metrics.collect_stages(self.streams, self.queue, self.publisher, self.watcher.status)
+        self.metrics.collect_stages(
+            self.streams, self.queue, self.publisher, self.watcher.status, self.admission
+        )
         self.http = HealthServer(
             settings.http.host,
             settings.http.port,
@@ -153,6 +161,7 @@ class Worker:
             self.metrics,
             max_batch=self.settings.detector.max_batch,
             wake=self.wake_detector,
+            admission=self.admission,
         )
         self.model = ModelStage(
             answerer,

@@ -93,6 +93,26 @@ class SchedulerSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_queue_windows: int = Field(64, ge=1, description="Windows waiting for the model.")
+    model_queue_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1,
+        description="Bytes of face crops waiting for the model (one window always fits); "
+        "when full the oldest windows are dropped.",
+    )
+    max_detector_load: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Streams are admitted in start order while their detection fps stay "
+        "within this fraction of the measured detector capacity; the rest are shed "
+        "(state degraded).",
+    )
+    detector_max_fps: float | None = Field(
+        None,
+        gt=0,
+        description="Plan the detector for at most this many frames/s even when it measures "
+        "faster (a GPU shared with other work, or headroom kept); unset = as measured.",
+    )
     max_window_age_s: float = Field(30.0, gt=0, description="Older waiting windows are dropped.")
     batch_wait_ms: int = Field(
         20, ge=0, description="How long an idle model waits for more windows to join at once."

@@ -25,6 +25,7 @@ class StreamState(StrEnum):
     RUNNING = "running"
     RECONNECTING = "reconnecting"
     STALLED = "stalled"
+    DEGRADED = "degraded"  # running, but not fully served (the error field says why)
     DONE = "done"
     ERROR = "error"
 
