@@ -245,7 +245,13 @@ def test_missing_assignments_topic_is_not_ready_and_said_once_per_interval(
         FACESTREAM_KAFKA__BOOTSTRAP_SERVERS=broker_without_auto_create.bootstrap_servers,
         FACESTREAM_KAFKA__TOPIC=topic,
     )
-    _wait_for(lambda: worker.get("/healthz") == (200, "ok\n"), 120, "models loaded")
+    def get(path: str) -> tuple[int, str]:
+        try:
+            return worker.get(path)
+        except OSError:  # not listening yet
+            return 0, ""
+
+    _wait_for(lambda: get("/healthz") == (200, "ok\n"), 120, "models loaded")
     started = time.monotonic()
     _wait_for(lambda: topic in worker.get("/readyz")[1], 60, "readiness naming the topic")
     code, body = worker.get("/readyz")

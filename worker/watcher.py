@@ -284,7 +284,7 @@ class AssignmentWatcher:
         if not self._joined or self._owned:
             self._topic.missing = False
             return
-        if self._topic.check(consumer.partitions_for_topic):
+        if self._topic.check(consumer.topics):
             with self._lock:
                 self._last_error = self._topic.reason
         self._set_state()

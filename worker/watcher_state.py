@@ -75,17 +75,15 @@ class TopicCheck:
         """A new assignment: check again at the next chance."""
         self._checked_s = 0.0
 
-    def check(self, partitions_for_topic: Callable[[str], object]) -> bool:
-        """Ask the brokers when due (`partitions_for_topic` raises `UnknownTopicOrPartition`
-        for a missing topic); returns whether the topic is missing."""
+    def check(self, list_topics: Callable[[], set[str]]) -> bool:
+        """Ask the brokers for their topics when due; returns whether ours is missing."""
         now = time.monotonic()
         if now - self._checked_s < _TOPIC_CHECK_S:
             return self.missing
         self._checked_s = now
         try:
-            partitions_for_topic(self.topic)
-            self.missing = False
-        except UnknownTopicOrPartitionError:
+            self.missing = self.topic not in list_topics()
+        except UnknownTopicOrPartitionError:  # the subscribed topic's metadata failed
             self.missing = True
         if self.missing and (self._logged_s is None or now - self._logged_s >= REPEAT_INTERVAL_S):
             self._logged_s = now
