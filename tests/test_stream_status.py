@@ -60,6 +60,18 @@ def _entry(redis_server: RedisServer, prefix: str, stream_id: str):
     return entries[0] if entries else None
 
 
+def _submit_and_wait_running(
+    env: dict[str, str], url: str, redis_server: RedisServer, stream_id: str, *extra: str
+) -> None:
+    _submit(env, url, stream_id, *extra)
+    prefix = env["FACESTREAM_REDIS__PREFIX"]
+    _wait_for(
+        lambda: (e := _entry(redis_server, prefix, stream_id)) and e.state == "running",
+        150,
+        f"{stream_id} running",
+    )
+
+
 # -- fast: the supervisor, the fold and the readers ------------------------------------------
 
 
@@ -163,10 +175,9 @@ def test_status_shows_detection_rate_tasks_labels_then_stopped_and_released(
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
     worker = start_worker("w1")
     worker.wait_ready()
-    _submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion,age",
-            "--label", "site=lobby", "--detection-fps", "4")  # fmt: skip
-    _wait_for(lambda: (e := _entry(redis_server, prefix, "cam-s")) and e.state == "running",
-              150, "cam-s running")  # fmt: skip
+    _submit_and_wait_running(worker_env, rtsp_server.url, redis_server, "cam-s",
+                             "--tasks", "emotion,age", "--label", "site=lobby",
+                             "--detection-fps", "4")  # fmt: skip
     time.sleep(3)  # rates over whole seconds of running
     rates = []
     for _ in range(6):
@@ -194,9 +205,7 @@ def test_status_shows_detection_rate_tasks_labels_then_stopped_and_released(
     assert shown["labels"] == {"site": "lobby"} and shown["fps"] is None
     assert redis_server.client().ttl(f"{prefix}:stream:cam-s") > 3600  # kept for the status TTL
 
-    _submit(worker_env, rtsp_server.url, "cam-t", "--tasks", "emotion")
-    _wait_for(lambda: (e := _entry(redis_server, prefix, "cam-t")) and e.state == "running",
-              150, "cam-t running")  # fmt: skip
+    _submit_and_wait_running(worker_env, rtsp_server.url, redis_server, "cam-t")
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(timeout=30) == 0
     shown = _status_json(worker_env, "cam-t")  # no other worker: nobody took it over
@@ -210,9 +219,7 @@ def test_status_says_owner_gone_within_session_timeout_after_sigkill(
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
     worker = start_worker("w1")
     worker.wait_ready()
-    _submit(worker_env, rtsp_server.url, "cam-k", "--tasks", "emotion")
-    _wait_for(lambda: (e := _entry(redis_server, prefix, "cam-k")) and e.state == "running",
-              150, "cam-k running")  # fmt: skip
+    _submit_and_wait_running(worker_env, rtsp_server.url, redis_server, "cam-k")
     assert _entry(redis_server, prefix, "cam-k").owner_alive is True
     worker.process.send_signal(signal.SIGKILL)
     worker.process.wait(10)
@@ -245,6 +252,7 @@ def test_missing_assignments_topic_is_not_ready_and_said_once_per_interval(
         FACESTREAM_KAFKA__BOOTSTRAP_SERVERS=broker_without_auto_create.bootstrap_servers,
         FACESTREAM_KAFKA__TOPIC=topic,
     )
+
     def get(path: str) -> tuple[int, str]:
         try:
             return worker.get(path)
