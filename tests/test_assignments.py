@@ -532,7 +532,7 @@ def test_commit_never_lowers_the_checked_offset_nor_passes_a_failed_dlq_write() 
 
     from kafka import TopicPartition
 
-    from worker.watcher import _ChangeLog
+    from worker.desired import ChangeLog as _ChangeLog
 
     Record = namedtuple("Record", "topic partition offset key value")
     tp = TopicPartition("streams", 0)
@@ -540,7 +540,9 @@ def test_commit_never_lowers_the_checked_offset_nor_passes_a_failed_dlq_write() 
         KafkaSettings(topic="streams"), worker_id="w1", on_change=print, on_invalid=print
     )
     watcher._owned = {tp}
-    watcher._checked_below[tp] = 1000  # committed by the previous owner after its DLQ writes
+    watcher._offsets.checked_below[tp] = (
+        1000  # committed by the previous owner after its DLQ writes
+    )
     consumer = _CommitRecorder()
     # A refold rereads from 0: committing its position would make the next owner send
     # records 11..999 to the DLQ a second time.

@@ -40,6 +40,9 @@ def _env() -> dict[str, str]:
 
 
 def seed(server: RedisServer, events: list[FaceEvent], statuses: list[StreamStatus]) -> None:
+    """Write events and statuses as a worker does; the workers named stay alive a minute."""
+    for status in statuses:
+        server.client().set(f"{PREFIX}:worker:{status.worker_id}", "{}", ex=60)
     with EventPublisher(settings_for(server.url)) as publisher:
         for event in events:
             publisher.publish(event)

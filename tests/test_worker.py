@@ -272,11 +272,15 @@ def test_invalid_update_of_a_running_stream_keeps_its_error_status(bare_worker) 
     assert record.source is not None and record.source._stop.is_set()
 
 
-def test_tombstone_of_a_running_stream_forgets_its_status(bare_worker) -> None:
+def test_tombstone_of_a_running_stream_leaves_a_stopped_status_saying_why(bare_worker) -> None:
     _record(bare_worker)
+    before_s = time.time()
     bare_worker.supervisor.on_change(DesiredChange(stopped=frozenset({"cam-u"})))
     bare_worker.supervisor.reconcile()
-    assert _pending_status(bare_worker, "cam-u") is None  # None = delete the hash
+    status = _pending_status(bare_worker, "cam-u")  # kept for the status TTL, not deleted
+    assert status is not None and status.state == StreamState.STOPPED
+    assert status.updated_s >= before_s and "tombstone" in status.reason
+    assert bare_worker.streams.get("cam-u") is None
 
 
 def test_finite_stream_is_done_only_after_its_last_window_is_answered(bare_worker) -> None:

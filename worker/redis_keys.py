@@ -37,6 +37,10 @@ class RedisKeys:
         """Hash with the health of one stream."""
         return f"{self.prefix}:stream:{stream_id}"
 
+    def worker(self, worker_id: str) -> str:
+        """Liveness key of one worker (expires unless the worker keeps refreshing it)."""
+        return f"{self.prefix}:worker:{worker_id}"
+
     def seen(self, event_id: str) -> str:
         """Marker that an event id was already published (idempotency across workers)."""
         return f"{self.prefix}:seen:{event_id}"

@@ -14,7 +14,8 @@ worker runs"):
   batch, tracks and windows them → `WindowJob`s into the window queue (`worker.scheduler`).
 - `model` (`worker.model_stage`): windows join the engine at decode-step boundaries;
   answers → `FaceEvent`s (`worker.answering`) → the publisher as each one finishes.
-- `redis-publisher` (`worker.publisher`) and `http-health` (`worker.health`).
+- `redis-publisher` (`worker.publisher`), `http-health` (`worker.health`) and
+  `worker-liveness` (`worker.liveness`: the key status readers check for an owner).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from worker.admission import Admission
 from worker.detection import DetectionStage
 from worker.health import HealthServer
 from worker.intake import StreamTable
+from worker.liveness import WorkerLiveness
 from worker.metrics import Metrics
 from worker.model_stage import ModelStage, WindowStepper, static_task_policy
 from worker.publisher import EventPublisher
@@ -99,6 +101,7 @@ class Worker:
             alive=self._alive,
             ready=self._ready,
         )
+        self.liveness = WorkerLiveness(settings, healthy=lambda: self._alive()[0])
         self.detection: DetectionStage | None = None
         self.model: ModelStage | None = None
         self._stop_requested = threading.Event()
@@ -190,6 +193,7 @@ class Worker:
         self.detection.start()
         self.model.start()
         self.watcher.start()
+        self.liveness.start()
         while not self._stop_requested.is_set():
             self.supervisor.changed.wait(SUPERVISOR_TICK_S)
             if self._stop_requested.is_set():
@@ -205,6 +209,7 @@ class Worker:
         deadline = time.monotonic() + self.settings.grace_s
         log.info("shutting down", grace_s=self.settings.grace_s)
         self._intake_stopped.set()
+        self.supervisor.release_all()  # written with the flush below, before the group moves
         for record in self.streams.active():
             record.stop()
         # Finish what the model already holds while at least ~40% of the grace is left
@@ -221,6 +226,7 @@ class Worker:
                 stage.join(drain_until - time.monotonic())
         flushed = self.publisher.flush(max(0.1, deadline - time.monotonic() - 2.0))
         self.watcher.stop(timeout_s=max(0.5, deadline - time.monotonic() - 0.5))
+        self.liveness.release(timeout_s=1.0)
         self.publisher.stop(timeout_s=max(0.1, deadline - time.monotonic()))
         self.http.stop()
         log.info("stopped", events_flushed=flushed, worker_id=self.worker_id)
@@ -237,6 +243,8 @@ class Worker:
         if self._models_loaded.is_set():
             if not self.watcher.is_alive():
                 dead.append("kafka-assignments")
+            if self.liveness.started and not self.liveness.is_alive():
+                dead.append("worker-liveness")
             if time.monotonic() - self.supervisor.last_tick_s > SUPERVISOR_STALL_S:
                 dead.append("supervisor (stuck)")
         if not self.publisher.is_alive():
@@ -250,7 +258,9 @@ class Worker:
             return False, "loading models"
         if self._intake_stopped.is_set():
             return False, "stopping"
-        state = self.watcher.status().state
-        if state != WatcherState.LIVE:
-            return False, f"assignments {state}"
+        status = self.watcher.status()
+        if status.state == WatcherState.TOPIC_MISSING:
+            return False, f"assignments {status.state}: {status.last_error}"
+        if status.state != WatcherState.LIVE:
+            return False, f"assignments {status.state}"
         return True, "ready"

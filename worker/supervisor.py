@@ -4,7 +4,9 @@ The watcher hands every `DesiredChange` to `on_change` (its thread; only folded 
 pending set here). Each `tick()` (the worker's main thread, every second or at once on a
 change) applies the pending specs to the `StreamTable` — start, restart on a new spec,
 stop — and writes each running stream's status: finished streams become `done` once their
-last windows are answered, failed ones `error`.
+last windows are answered, failed ones `error`. A stream stopped by a tombstone ends
+`stopped`; one this worker lets go (its partition moved, the worker shuts down) ends
+`released`, until the next owner writes over it. Both say when (`updated_s`) and why.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Supervisor:
         self._on_stream_stopped = on_stream_stopped
         self.changed = threading.Event()
         self._pending_lock = threading.Lock()
-        self._pending: dict[str, StreamSpec | None] = {}  # None = stop and forget
+        # A spec to run, or the state a stopped stream ends in (stopped / released).
+        self._pending: dict[str, StreamSpec | StreamState] = {}
         self.last_tick_s = time.monotonic()
 
     # -- watcher thread: hand over, never wait ---------------------------------------------
@@ -62,7 +65,8 @@ class Supervisor:
         """Fold a change of the desired set into the pending specs."""
         with self._pending_lock:
             for stream_id in change.stopped:
-                self._pending[stream_id] = None
+                released = stream_id in change.released
+                self._pending[stream_id] = StreamState.RELEASED if released else StreamState.STOPPED
             self._pending.update(change.started)
             self._pending.update(change.updated)
         self.changed.set()
@@ -99,12 +103,14 @@ class Supervisor:
         self.changed.clear()
         with self._pending_lock:
             pending, self._pending = self._pending, {}
-        for stream_id, spec in pending.items():
+        for stream_id, wanted in pending.items():
+            spec = wanted if isinstance(wanted, StreamSpec) else None
             record = self._streams.get(stream_id)
             if record is not None:
                 if spec == record.spec:
                     continue  # running, or failed/done with this very spec: leave it
-                self.stop(record, forget=spec is None and not record.invalid)
+                end = StreamState.STOPPED if spec is not None else StreamState(wanted)
+                self.stop(record, forget=spec is None and not record.invalid, end=end)
             if spec is not None:
                 self.start(spec)
 
@@ -126,18 +132,39 @@ class Supervisor:
         record.start(self._wake_detector)
         bound.info("stream started", tasks=[str(t) for t in spec.tasks])
 
-    def stop(self, record: StreamRecord, *, forget: bool) -> None:
-        """Stop a stream, drop its waiting windows; `forget` removes its status too."""
+    def stop(
+        self, record: StreamRecord, *, forget: bool, end: StreamState = StreamState.STOPPED
+    ) -> None:
+        """Stop a stream and drop its waiting windows. `forget`: it left this worker's
+        streams, and its status ends `end` (`stopped` by a tombstone, or `released`) with
+        the reason; a `done` stream stays done, and a failed one is only marked stopped."""
         was_active = record.active
         record.stop()
         self._streams.remove(record)  # after this the detector refuses its windows
         self._on_stream_stopped(record.stream_id)  # a restart's track ids are new people
-        if not was_active:
-            return  # failed or done before: its status stays as it was
-        self._queue.drop_stream(record.stream_id)
-        if forget:
-            self._publisher.remove_status(record.stream_id)
-        log.info("stream stopped", stream_id=record.stream_id, forget=forget)
+        if was_active:
+            self._queue.drop_stream(record.stream_id)
+            log.info("stream stopped", stream_id=record.stream_id, forget=forget, end=str(end))
+        failed_before = not was_active and not record.flushed
+        if forget and (was_active or (failed_before and end is StreamState.STOPPED)):
+            self._write_status(record, end, reason=self._why(end))
+
+    def release_all(self) -> None:
+        """The worker shuts down: every running stream's status says it was released."""
+        for record in self._streams.active():
+            self._write_status(
+                record,
+                StreamState.RELEASED,
+                reason=f"worker {self._settings.worker_id} shut down; the next owner takes it",
+            )
+
+    def _why(self, end: StreamState) -> str:
+        if end is StreamState.RELEASED:
+            return (
+                f"worker {self._settings.worker_id} no longer owns its assignments partition; "
+                "the next owner takes it"
+            )
+        return f"a tombstone on {self._settings.kafka.topic} stopped it (facestream stop)"
 
     def refresh(self, record: StreamRecord) -> None:
         """Finish an ended stream, retire a failed one, or write a running one's status."""
@@ -150,7 +177,9 @@ class Supervisor:
         elif record.failed:
             self._retire_failed(record, record.status_error)
         else:
-            self._write_status(record, record.state, fps=record.fps["decoded"])
+            self._write_status(
+                record, record.state, fps=record.fps["detected"], decode_fps=record.fps["decoded"]
+            )
 
     def _retire_failed(self, record: StreamRecord, error: str) -> None:
         record.stop()
@@ -160,8 +189,17 @@ class Supervisor:
         self._write_status(record, StreamState.ERROR)
 
     def _write_status(
-        self, record: StreamRecord, state: StreamState, *, fps: float | None = None
+        self,
+        record: StreamRecord,
+        state: StreamState,
+        *,
+        fps: float | None = None,
+        decode_fps: float | None = None,
+        reason: str = "",
     ) -> None:
+        """`fps` is the detection rate (frames detected per second), `decode_fps` the
+        decode rate; both only while the stream runs."""
+        keeps_error = state not in (StreamState.DONE, StreamState.STOPPED, StreamState.RELEASED)
         self._publisher.update_status(
             StreamStatus(
                 stream_id=record.stream_id,
@@ -171,6 +209,10 @@ class Supervisor:
                 url=record.spec.url,
                 fps=fps,
                 last_frame_wall_s=record.last_frame_wall_s,
-                error=record.status_error if state != StreamState.DONE else "",
+                error=record.status_error if keeps_error else "",
+                decode_fps=decode_fps,
+                tasks=tuple(str(task) for task in record.spec.tasks),
+                labels=record.spec.labels,
+                reason=reason,
             )
         )

@@ -1,5 +1,10 @@
 """`facestream status [ID]`: the health of every stream (a table), or of one stream.
 
+FPS is the detection rate (frames detected per second), DECODE the decode rate. A stream
+whose status needs its worker (`starting`, `running`, ...) is shown `owner_gone` when
+that worker's liveness key has expired (`worker.status.shown_state`); `--json` carries
+the state as written too (`written_state`) and `owner_alive`.
+
 Entries this version did not write (a foreign or broken hash: unknown state, a number that
 is not one, a time of 1e300, bytes that are not UTF-8, a key of the wrong type) are shown
 as such, row by row: one bad entry never hides the others. Everything printed passes
@@ -13,7 +18,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from worker.commands.connections import (
@@ -27,13 +32,14 @@ if TYPE_CHECKING:
     import redis
 
     from worker.redis_keys import RedisKeys
-    from worker.status import StreamStatus
+    from worker.status import StreamState, StreamStatus
 
 EXIT_NOT_FOUND = 1
 
 # A Unix time past this (year 5138) or before 0 is not a time a worker wrote.
 _MAX_UNIX_S = 1e11
 _MAX_FPS = 1e6
+_MAX_LABELS_CHARS = 40  # the table cuts longer labels (the JSON carries them whole)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,17 +63,40 @@ class StatusEntry:
     status: StreamStatus | None
     fields: dict[str, str] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
+    owner_alive: bool | None = None  # None: not asked (no worker named, or a broken entry)
+
+    @property
+    def state(self) -> StreamState | None:
+        """The state to show: `owner_gone` when a running stream's worker is gone."""
+        from worker.status import shown_state
+
+        return None if self.status is None else shown_state(self.status.state, self.owner_alive)
 
     def to_json(self) -> dict[str, Any]:
-        """The status fields (as before) for a good entry; raw fields and problems otherwise."""
+        """The status fields for a good entry (`state` as shown, `written_state` as the
+        worker wrote it, `owner_alive`); raw fields and problems otherwise."""
         if self.status is not None and not self.problems:
-            return asdict(self.status)
+            fields = asdict(self.status)
+            fields["labels"] = dict(self.status.labels)
+            fields["tasks"] = list(self.status.tasks)
+            return {
+                **fields,
+                "state": str(self.state),
+                "written_state": str(self.status.state),
+                "owner_alive": self.owner_alive,
+            }
         return {"stream_id": self.stream_id, "problems": list(self.problems), "raw": self.fields}
 
 
 def parse_status(stream_id: str, fields: dict[str, str]) -> StatusEntry:
     """A `StatusEntry` from a decoded hash; every field that does not parse is a problem."""
-    from worker.status import StreamState, StreamStatus
+    from worker.status import (
+        StatusFormatError,
+        StreamState,
+        StreamStatus,
+        parse_labels,
+        split_tasks,
+    )
 
     problems: list[str] = []
 
@@ -92,6 +121,12 @@ def parse_status(stream_id: str, fields: dict[str, str]) -> StatusEntry:
         problems.append(f"unknown state {state_text[:40]!r}")
         state = None
     fps = number("fps", 0.0, _MAX_FPS, "a frame rate")
+    decode_fps = number("decode_fps", 0.0, _MAX_FPS, "a frame rate")
+    try:
+        labels = parse_labels(fields.get("labels", ""))
+    except StatusFormatError as exc:
+        problems.append(str(exc))
+        labels = {}
     updated_s = number("updated_s", 0.0, _MAX_UNIX_S, "a Unix time")
     last_frame_s = number("last_frame_wall_s", 0.0, _MAX_UNIX_S, "a Unix time")
     if "updated_s" not in fields:
@@ -105,6 +140,10 @@ def parse_status(stream_id: str, fields: dict[str, str]) -> StatusEntry:
         fps=fps,
         last_frame_wall_s=last_frame_s,
         error=fields.get("error", ""),
+        decode_fps=decode_fps,
+        tasks=split_tasks(fields.get("tasks", "")),
+        labels=labels,
+        reason=fields.get("reason", ""),
     )
     return StatusEntry(stream_id, None if state is None else status, fields, tuple(problems))
 
@@ -113,8 +152,11 @@ def read_statuses(
     client: redis.Redis, keys: RedisKeys, stream_id: str | None = None
 ) -> list[StatusEntry]:
     """Every stream named in `{p}:streams` that has a status hash (or just `stream_id`),
-    sorted by id; a hash that cannot be read becomes an entry with its problem."""
+    sorted by id, each with whether its worker is alive; a hash that cannot be read
+    becomes an entry with its problem."""
     import redis as redis_lib
+
+    from worker.status import owners_alive
 
     raw_ids: list[bytes] = (
         [stream_id.encode()] if stream_id is not None else list(client.smembers(keys.streams))
@@ -139,7 +181,14 @@ def read_statuses(
                 entry.stream_id, entry.status, entry.fields, (*entry.problems, "id is not UTF-8")
             )
         entries.append(entry)
-    return entries
+    named = [e.status.worker_id for e in entries if e.status is not None and not e.problems]
+    alive = owners_alive(client, keys, named)
+    return [
+        replace(e, owner_alive=alive.get(e.status.worker_id))
+        if e.status is not None and not e.problems
+        else e
+        for e in entries
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,6 +243,8 @@ def _print_one(entry: StatusEntry, as_json: bool) -> None:
         shown = "" if value is None else value
         if isinstance(shown, list):
             shown = "; ".join(shown)
+        elif isinstance(shown, dict):
+            shown = ", ".join(f"{k}={v}" for k, v in shown.items())
         print(printable(f"{printable(name):<{width}}  {shown}").rstrip())
 
 
@@ -201,24 +252,49 @@ def _age(now_s: float, then_s: float | None) -> str:
     return "-" if not then_s else f"{max(0.0, now_s - then_s):.1f}s"
 
 
+def _rate(fps: float | None) -> str:
+    return "-" if fps is None else f"{fps:.1f}"
+
+
+def _labels_text(labels: dict[str, str] | Any) -> str:
+    text = ",".join(f"{k}={v}" for k, v in labels.items())
+    return text if len(text) <= _MAX_LABELS_CHARS else text[: _MAX_LABELS_CHARS - 1] + "…"
+
+
+def _detail(entry: StatusEntry) -> str:
+    """The last column: the error, or why a stream stopped / was released / has no owner."""
+    s = entry.status
+    assert s is not None
+    if entry.state is not None and entry.state != s.state:
+        return f"worker {s.worker_id} is gone (no liveness key); it last wrote {s.state}"
+    return s.error or s.reason
+
+
 def _print_table(entries: list[StatusEntry]) -> None:
     now_s = time.time()
-    header = ("STREAM", "STATE", "FPS", "LAST FRAME", "UPDATED", "WORKER", "ERROR")
+    header = (
+        "STREAM", "STATE", "FPS", "DECODE", "LAST FRAME", "UPDATED", "WORKER", "TASKS",
+        "LABELS", "ERROR/REASON",
+    )  # fmt: skip
     rows = []
     for entry in entries:
         s = entry.status
         if s is None:
             state = "?" + entry.fields.get("state", "")[:20]
-            row = (entry.stream_id, state, "-", "-", "-", entry.fields.get("worker_id", ""), "")
+            worker = entry.fields.get("worker_id", "")
+            row = (entry.stream_id, state, "-", "-", "-", "-", worker, "", "", "")
         else:
             row = (
                 s.stream_id,
-                str(s.state),
-                "-" if s.fps is None else f"{s.fps:.1f}",
+                str(entry.state),
+                _rate(s.fps),
+                _rate(s.decode_fps),
                 _age(now_s, s.last_frame_wall_s),
                 _age(now_s, s.updated_s),
                 s.worker_id,
-                s.error,
+                ",".join(s.tasks) or "-",
+                _labels_text(s.labels) or "-",
+                _detail(entry),
             )
         if entry.problems:
             note = "[broken entry: " + "; ".join(entry.problems) + "]"

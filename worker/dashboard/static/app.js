@@ -8,7 +8,7 @@ const EMOTION_CLASSES = new Set([
   "happy", "sad", "angry", "fearful", "surprised", "disgusted", "neutral", "contemptuous",
 ]);
 const KNOWN_STREAM_FIELDS = new Set([
-  "stream_id", "state", "worker_id", "updated_s", "url", "fps", "detection_fps",
+  "stream_id", "state", "worker_id", "updated_s", "url", "fps", "decode_fps",
   "last_frame_wall_s", "error", "reason", "labels",
 ]);
 
@@ -188,8 +188,8 @@ function renderStreams(f, peopleByStream) {
     const reason = s.error || s.reason || s.degraded_reason || "";
     if (reason) stateCell.appendChild(el("div", "reason", reason));
     tr.appendChild(stateCell);
-    // `fps` is the decoded rate; newer workers add `detection_fps` (the rate detected).
-    const detected = num(s.detection_fps), decoded = num(s.fps);
+    // `fps` is the detection rate (frames detected per second), `decode_fps` the decode rate.
+    const detected = num(s.fps), decoded = num(s.decode_fps);
     const rates = [];
     if (detected !== null) rates.push(`${detected.toFixed(1)} detected`);
     if (decoded !== null) rates.push(`${decoded.toFixed(1)} decoded`);
