@@ -23,6 +23,7 @@ from worker.dashboard.server import DashboardConfigError, DashboardServer, check
 from worker.dashboard.sse_client import SseConnection, SseMessage
 from worker.events import FaceEvent, event_id_for
 from worker.publisher import EventPublisher
+from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
 from worker.status import StreamState, StreamStatus
 
@@ -116,7 +117,7 @@ def test_new_page_gets_state_then_recent_history_then_live_events(
     assert state.event == "state"
     snapshot = json.loads(state.data)
     assert snapshot["streams"]["cam-a"]["state"] == "running"
-    person_key = f"{redis_settings.prefix}:person:cam-a:1"
+    person_key = RedisKeys(redis_settings.prefix).person("cam-a", "", 1)
     assert snapshot["people"][person_key]["tasks"]["emotion"]["result"]["label"] == "happy"
     history = take(conn, "face", 3)
     assert [json.loads(m.data)["window_start_s"] for m in history] == [0.0, 1.0, 2.0]
@@ -180,7 +181,7 @@ def test_status_changes_and_people_who_left_reach_open_pages(
                 StreamStatus("cam-s", StreamState.RUNNING, "w-test", time.time())
             )
             short_lived.publish(face_event("cam-s", 4, 0))
-            key = "leave:person:cam-s:4"
+            key = RedisKeys("leave").person("cam-s", "", 4)
             history: list[tuple[str, dict]] = []
             degraded_sent = False
             deadline = time.monotonic() + 20
@@ -193,7 +194,8 @@ def test_status_changes_and_people_who_left_reach_open_pages(
                     assert states[0]["state"] == "running"
                     # A newer writer's state and fields come through as they are.
                     redis_server.client().hset(
-                        "leave:stream:cam-s", mapping={"state": "degraded", "reason": "slow"}
+                        RedisKeys("leave").stream("cam-s"),
+                        mapping={"state": "degraded", "reason": "slow"},
                     )
                     degraded_sent = True
                 people = [(i, d) for i, (k, d) in enumerate(history) if k == "people"]

@@ -19,11 +19,12 @@ from models.facellava.answers import parse_answer
 from models.facellava.engine import GenerationEngine, GenerationRequest
 from models.facellava.options import ModelOptions
 from models.facellava.tasks import TASK_MODALITY, Task
-from worker.events import FaceEvent, event_id_for
+from worker.events import FaceEvent, StopReason, event_id_for
 from worker.metrics import Metrics
 from worker.publisher import EventPublisher
 from worker.scheduler import WindowJob, WindowQueue
 from worker.stage import StageThread
+from worker.thumbnails import encode_thumbnail
 
 if TYPE_CHECKING:
     from models.facellava.checkpoint import LoadedModel
@@ -43,28 +44,45 @@ class Answerer(Protocol):
 class FaceAnswerer:
     """Owns one generation engine; `answer(jobs)` gives one event per (job, task)."""
 
-    def __init__(self, engine: GenerationEngine, model_id: str, worker_id: str) -> None:
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        model_id: str,
+        worker_id: str,
+        *,
+        thumbnails: bool = False,
+    ) -> None:
         self.engine = engine
         self.model_id = model_id
         self.worker_id = worker_id
+        self.thumbnails = thumbnails  # attach each window's best crop as a small JPEG
 
     @classmethod
-    def from_options(cls, options: ModelOptions, worker_id: str) -> FaceAnswerer:
+    def from_options(
+        cls, options: ModelOptions, worker_id: str, *, thumbnails: bool = False
+    ) -> FaceAnswerer:
         """Load the checkpoint named by `options` and wrap it in an engine."""
         from models.facellava.checkpoint import load_from_options
 
-        return cls.from_loaded(load_from_options(options), options, worker_id)
+        return cls.from_loaded(
+            load_from_options(options), options, worker_id, thumbnails=thumbnails
+        )
 
     @classmethod
     def from_loaded(
-        cls, loaded: LoadedModel, options: ModelOptions, worker_id: str
+        cls,
+        loaded: LoadedModel,
+        options: ModelOptions,
+        worker_id: str,
+        *,
+        thumbnails: bool = False,
     ) -> FaceAnswerer:
         """Wrap an already loaded model in an engine with the options' generation knobs."""
         engine = GenerationEngine.from_options(
             loaded.model, loaded.tokenizer, options, loaded.eos_token_id
         )
         log.info("model loaded", model=options.model, report=loaded.report.summary())
-        return cls(engine, model_id=options.model, worker_id=worker_id)
+        return cls(engine, model_id=options.model, worker_id=worker_id, thumbnails=thumbnails)
 
     def answer(self, jobs: Sequence[WindowJob]) -> list[FaceEvent]:
         """Run every task of every job in one engine call and build the events."""
@@ -86,25 +104,41 @@ class FaceAnswerer:
         results = self.engine.generate(requests)
         now_s = time.time()
         events: list[FaceEvent] = []
+        with_thumbnail: set[int] = set()
         for result in results:
-            job = jobs[result.key[0]]
+            index = result.key[0]
+            job = jobs[index]
             for answer in result.answers:
                 task = answer.question.task
                 assert task is not None  # for_tasks always sets it
-                events.append(self._event(job, Task(task), answer.text, now_s))
+                event = self._event(job, Task(task), answer.text, answer.stop_reason, now_s)
+                if self.thumbnails and index not in with_thumbnail:
+                    with_thumbnail.add(index)  # one per window: the person's latest face
+                    event = event.with_thumbnail(encode_thumbnail(job.request.image.crop_rgb))
+                events.append(event)
         streams = sorted({job.key[0] for job in jobs})
         log.debug("answered", jobs=len(jobs), events=len(events), streams=streams)
         return events
 
-    def _event(self, job: WindowJob, task: Task, text: str, now_s: float) -> FaceEvent:
+    def _event(
+        self, job: WindowJob, task: Task, text: str, stop_reason: StopReason, now_s: float
+    ) -> FaceEvent:
         window = job.request.clip.window
         return FaceEvent(
-            event_id=event_id_for(window.stream_id, window.track_id, window.window_start_s, task),
+            event_id=event_id_for(
+                window.stream_id,
+                window.track_id,
+                window.window_start_s,
+                task,
+                session=job.session,
+            ),
             stream_id=window.stream_id,
+            session=job.session,
             track_id=window.track_id,
             task=task,
             result=parse_answer(task, text),
             answer_text=text,
+            stop_reason=stop_reason,
             window_start_s=window.window_start_s,
             window_end_s=window.window_end_s,
             wall_time_s=now_s,
@@ -113,6 +147,7 @@ class FaceAnswerer:
             detector_score=window.detector_score,
             model_id=self.model_id,
             worker_id=self.worker_id,
+            labels=dict(job.labels),
         )
 
 

@@ -18,6 +18,7 @@ from ingest.frames import Frame
 from ingest.pipeline import StreamPipeline
 from ingest.sources import SourceError, SourceState, VideoSource
 from ingest.windows import WindowOptions
+from worker.sessions import new_nonce, session_for
 from worker.settings import Settings
 from worker.specs import StreamSpec
 from worker.status import StreamState
@@ -65,6 +66,8 @@ class StreamRecord:
         self.last_frame_wall_s: float | None = None
         self.fps = {"decoded": 0.0, "detected": 0.0, "skipped": 0.0}
         self._rates = {stage: Rate() for stage in self.fps}
+        self._nonce = new_nonce()  # drawn at each start: a live run's session is new
+        self._session: str | None = None
 
     @classmethod
     def running(cls, spec: StreamSpec, settings: Settings) -> StreamRecord:
@@ -80,6 +83,15 @@ class StreamRecord:
         )
         record.source = VideoSource(spec.url, source_options, stream_id=spec.stream_id)
         return record
+
+    @property
+    def session(self) -> str:
+        """This run's session (`worker.sessions`), fixed at the first call: call it once
+        the source is open (a window exists), when it is known to be live or finite."""
+        if self._session is None:
+            live = self.source is None or self.source.is_live
+            self._session = session_for(self.spec, live=live, nonce=self._nonce)
+        return self._session
 
     @property
     def active(self) -> bool:

@@ -31,6 +31,7 @@ from worker.answering import Answerer, ModelStage
 from worker.detection import DetectionStage
 from worker.health import HealthServer
 from worker.intake import StreamTable
+from worker.kafka_events import KafkaEventMirror
 from worker.metrics import Metrics
 from worker.publisher import EventPublisher
 from worker.scheduler import WindowQueue
@@ -60,7 +61,14 @@ class Worker:
         self._answerer_factory = answerer_factory or self._default_answerer
         self.metrics = Metrics()
         self.streams = StreamTable()
-        self.publisher = EventPublisher(settings.redis)
+        self.publisher = EventPublisher(
+            settings.redis,
+            mirror=(
+                KafkaEventMirror(settings.kafka, client_id=f"facestream-{self.worker_id}-events")
+                if settings.kafka.events_topic
+                else None
+            ),
+        )
         self.queue = WindowQueue(
             settings.scheduler.model_queue_windows, settings.scheduler.max_window_age_s
         )
@@ -103,7 +111,9 @@ class Worker:
     def _default_answerer(self) -> Answerer:
         from worker.answering import FaceAnswerer
 
-        return FaceAnswerer.from_options(self.settings.model, self.worker_id)
+        return FaceAnswerer.from_options(
+            self.settings.model, self.worker_id, thumbnails=self.settings.redis.thumbnails
+        )
 
     @property
     def http_port(self) -> int:

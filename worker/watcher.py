@@ -132,6 +132,17 @@ class _ChangeLog:
         return DesiredChange(started, updated, frozenset(stopped))
 
 
+def _same_run(
+    current: StreamSpec | InvalidRecordError | None, new: StreamSpec | None
+) -> StreamSpec | None:
+    """`new`, unless it repeats `current`'s value: then `current`, whose record started
+    the run (its `origin`, and so the session of a finite source, stays the same on
+    every worker that folds the partition)."""
+    if isinstance(current, StreamSpec) and new is not None and current == new:
+        return current
+    return new
+
+
 class _RebalanceListener(ConsumerRebalanceListener):
     """Runs on kafka-python's IO thread: only records the event for the poll thread."""
 
@@ -421,9 +432,11 @@ class AssignmentWatcher:
                 self._set_spec(error.stream_id, None, tp.partition, changes)
                 self._report_invalid(error.stream_id, error.reason)
             return
+        if spec is not None:
+            spec = spec.from_record(record.topic, record.partition, record.offset)
         fold = self._folds.get(tp)
         if fold is not None:
-            fold.latest[stream_id] = spec
+            fold.latest[stream_id] = _same_run(fold.latest.get(stream_id), spec)
         else:
             self._set_spec(stream_id, spec, tp.partition, changes)
 
@@ -436,7 +449,7 @@ class AssignmentWatcher:
                 self._specs.pop(stream_id, None)
                 self._partition_of.pop(stream_id, None)
             else:
-                self._specs[stream_id] = spec
+                self._specs[stream_id] = _same_run(self._specs.get(stream_id), spec)
                 self._partition_of[stream_id] = partition
 
     def _finish_folds(self, consumer: KafkaConsumer, changes: _ChangeLog) -> None:
