@@ -88,6 +88,13 @@ class FaceEvent(BaseModel):
         copy._thumbnail_jpeg = jpeg
         return copy
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FaceEvent):
+            return NotImplemented
+        return self.__dict__ == other.__dict__  # the wire fields only, never the thumbnail
+
+    __hash__ = None  # type: ignore[assignment]  # labels (a dict) are not hashable anyway
+
     # Rounded when made, so an event equals what is read back from the wire.
     @field_validator("window_start_s", "window_end_s", "wall_time_s", "frame_wall_time_s")
     @classmethod
