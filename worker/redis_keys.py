@@ -60,6 +60,13 @@ class RedisKeys:
         hash's TTL)."""
         return f"{self.prefix}:thumb:{{{stream_id}}}:{session}:{track_id}"
 
+    def thumbnail_of_person(self, person_key: str) -> str:
+        """The thumbnail key of a person hash key (same stream, session and track)."""
+        head = f"{self.prefix}:person:"
+        if not person_key.startswith(head):
+            raise ValueError(f"not a person key under prefix {self.prefix!r}")
+        return f"{self.prefix}:thumb:{person_key[len(head) :]}"
+
     def stream(self, stream_id: str) -> str:
         """Hash with the health of one stream."""
         return f"{self.prefix}:stream:{{{stream_id}}}"

@@ -451,7 +451,7 @@ class DashboardHub:
         for key in person_keys:
             pipe.hgetall(key)
             pipe.pttl(key)
-            pipe.exists(self._thumbnail_key(key))
+            pipe.exists(self.keys.thumbnail_of_person(key))
         results = pipe.execute()
         now_s = time.time()
         streams = {
@@ -492,11 +492,6 @@ class DashboardHub:
             if messages:
                 self._fan_out_locked(messages)
 
-    def _thumbnail_key(self, person_key: str) -> str:
-        """The thumbnail key of a person key of ours (same stream, session and track)."""
-        person_prefix = self.keys.person_pattern()[: -len("{*}:*")]
-        return self.keys.thumbnail("", "", 0)[: -len("{}::0")] + person_key[len(person_prefix) :]
-
     def thumbnail(self, person_key: str) -> bytes | None:
         """The face JPEG of a person the hub follows, or None (unknown person, no
         thumbnail, or stored bytes that are not a thumbnail of ours)."""
@@ -504,7 +499,7 @@ class DashboardHub:
             if person_key not in self._known_people:
                 return None  # only keys the hub found itself: never a key from the request
         try:
-            data = self._binary_client.get(self._thumbnail_key(person_key))
+            data = self._binary_client.get(self.keys.thumbnail_of_person(person_key))
         except redis.RedisError:
             return None
         if not isinstance(data, bytes | bytearray) or not is_thumbnail(bytes(data)):
@@ -563,6 +558,8 @@ def _person_view(
 
 def _person_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     if old is None or old["fields"] != new["fields"] or old["tasks"] != new["tasks"]:
+        return True
+    if old.get("thumbnail") != new.get("thumbnail"):
         return True
     if (old["expires_s"] is None) != (new["expires_s"] is None):
         return True
