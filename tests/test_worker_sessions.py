@@ -94,7 +94,11 @@ def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
     _submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=1")
     next_session(1)
     _stop_stream(worker_env, "cam-s")  # restart 1: stop + submit
-    _wait_for(lambda: not _status(client, prefix, "cam-s"), 30, "the stream stopped")
+    _wait_for(
+        lambda: _status(client, prefix, "cam-s").get("state", "stopped") == "stopped",
+        30,
+        "the stream stopped",
+    )
     _submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=2")
     next_session(2)
     _submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=3")
