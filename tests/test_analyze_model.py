@@ -61,6 +61,7 @@ def test_analyze_with_model_writes_one_face_event_per_task_and_window(
             "clip-1", event.track_id, event.window_start_s, event.task
         )
         assert event.model_id == str(tiny / "checkpoint")
+        assert event.stop_reason in ("eos", "length")
 
 
 def test_save_clips_draws_answers_beside_boxes_so_the_sheet_differs_with_model(

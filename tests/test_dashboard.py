@@ -11,6 +11,7 @@ import threading
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from fnmatch import fnmatch
@@ -23,6 +24,7 @@ from worker.dashboard.server import DashboardConfigError, DashboardServer, check
 from worker.dashboard.sse_client import SseConnection, SseMessage
 from worker.events import FaceEvent, event_id_for
 from worker.publisher import EventPublisher
+from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
 from worker.status import StreamState, StreamStatus
 
@@ -116,7 +118,7 @@ def test_new_page_gets_state_then_recent_history_then_live_events(
     assert state.event == "state"
     snapshot = json.loads(state.data)
     assert snapshot["streams"]["cam-a"]["state"] == "running"
-    person_key = f"{redis_settings.prefix}:person:cam-a:1"
+    person_key = RedisKeys(redis_settings.prefix).person("cam-a", "", 1)
     assert snapshot["people"][person_key]["tasks"]["emotion"]["result"]["label"] == "happy"
     history = take(conn, "face", 3)
     assert [json.loads(m.data)["window_start_s"] for m in history] == [0.0, 1.0, 2.0]
@@ -180,7 +182,7 @@ def test_status_changes_and_people_who_left_reach_open_pages(
                 StreamStatus("cam-s", StreamState.RUNNING, "w-test", time.time())
             )
             short_lived.publish(face_event("cam-s", 4, 0))
-            key = "leave:person:cam-s:4"
+            key = RedisKeys("leave").person("cam-s", "", 4)
             history: list[tuple[str, dict]] = []
             degraded_sent = False
             deadline = time.monotonic() + 20
@@ -193,7 +195,8 @@ def test_status_changes_and_people_who_left_reach_open_pages(
                     assert states[0]["state"] == "running"
                     # A newer writer's state and fields come through as they are.
                     redis_server.client().hset(
-                        "leave:stream:cam-s", mapping={"state": "degraded", "reason": "slow"}
+                        RedisKeys("leave").stream("cam-s"),
+                        mapping={"state": "degraded", "reason": "slow"},
                     )
                     degraded_sent = True
                 people = [(i, d) for i, (k, d) in enumerate(history) if k == "people"]
@@ -231,6 +234,44 @@ def test_page_that_stops_reading_is_cut_off_and_others_keep_receiving(
         assert hub.stats().subscribers_cut_off == 1 and hub.stats().subscribers == 1
     finally:
         hub.stop()
+
+
+def test_thumbnail_endpoint_serves_only_jpegs_of_people_the_hub_follows(
+    redis_server, redis_settings: RedisSettings, start_dashboard
+) -> None:
+    import numpy as np
+
+    from worker.thumbnails import encode_thumbnail
+
+    keys = RedisKeys(redis_settings.prefix)
+    jpeg = encode_thumbnail(np.full((200, 160, 3), 90, np.uint8))
+    with EventPublisher(redis_settings.model_copy(update={"thumbnails": True})) as pub:
+        pub.publish(face_event("cam-t", 1, 0).with_thumbnail(jpeg))
+        pub.publish(face_event("cam-t", 2, 0))  # no thumbnail
+        assert pub.flush(5)
+    # Foreign bytes under a followed person's thumbnail key are never served.
+    redis_server.client().set(keys.thumbnail("cam-t", "", 2), "<script>alert(1)</script>")
+    server = start_dashboard(token="t0k")
+    auth = {"Authorization": "Bearer t0k"}
+    first, second = keys.person("cam-t", "", 1), keys.person("cam-t", "", 2)
+
+    def people() -> dict:
+        return json.loads(get(server, "/api/state", auth)[2])["people"]
+
+    deadline = time.monotonic() + 10
+    while not (first in people() and second in people()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert people()[first]["thumbnail"] is True
+    query = urllib.parse.quote(first)
+    code, headers, body = get(server, f"/api/thumbnail?person={query}", auth)
+    assert code == 200 and body == jpeg
+    assert headers["Content-Type"] == "image/jpeg"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert get(server, f"/api/thumbnail?person={query}")[0] == 401, "behind the token"
+    assert get(server, f"/api/thumbnail?person={urllib.parse.quote(second)}", auth)[0] == 404
+    for foreign in (keys.events, keys.stream("cam-t"), keys.thumbnail("cam-t", "", 1), ""):
+        path = f"/api/thumbnail?person={urllib.parse.quote(foreign)}"
+        assert get(server, path, auth)[0] == 404
 
 
 def test_subscriber_queue_is_bounded_in_bytes() -> None:

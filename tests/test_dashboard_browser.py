@@ -16,6 +16,7 @@ import pytest
 from tests.services.browser import Browser, browser  # noqa: F401 - fixture
 from tests.test_worker import _submit, _wait_for, start_worker, worker_env  # noqa: F401
 from worker.dashboard.sse_client import SseConnection
+from worker.redis_keys import RedisKeys
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.services, pytest.mark.slow]
 HOSTILE = '<img src=x onerror="window.__xss=1">'
@@ -50,7 +51,7 @@ def test_page_shows_live_stream_people_events_and_state_changes(
 ) -> None:
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
     client = redis_server.client()
-    worker = start_worker("w-dash")
+    worker = start_worker("w-dash", FACESTREAM_REDIS__THUMBNAILS="true")
     port = _free_port()
     log = open(tmp_path / "dashboard.log", "w")  # noqa: SIM115 - closed below
     dashboard = subprocess.Popen(
@@ -65,7 +66,7 @@ def test_page_shows_live_stream_people_events_and_state_changes(
         _submit(worker_env, rtsp_server.url, "cam-1", "--tasks", "emotion,age")
         # A stream written by a newer facestream: unknown state and fields, hostile text.
         client.hset(
-            f"{prefix}:stream:odd-cam",
+            RedisKeys(prefix).stream("odd-cam"),
             mapping={"state": "quarantined", "error": HOSTILE, "gpu_temp_c": "71"},
         )
         client.sadd(f"{prefix}:streams", "odd-cam")
@@ -85,7 +86,7 @@ def test_page_shows_live_stream_people_events_and_state_changes(
         )
         person_answers = {
             json.loads(v)["answer_text"]
-            for key in client.scan_iter(f"{prefix}:person:cam-1:*")
+            for key in client.scan_iter(RedisKeys(prefix).person_pattern("cam-1"))
             for name, v in client.hgetall(key).items()
             if name in ("emotion", "age")
         }
@@ -93,6 +94,13 @@ def test_page_shows_live_stream_people_events_and_state_changes(
         browser.wait_for(
             "return document.querySelector('.person .age').textContent !== '—';", 30
         )
+        # Thumbnails are on for this worker: the person's face shows, served as a JPEG.
+        size = browser.wait_for(
+            "const i = document.querySelector('.person[data-stream=\"cam-1\"] img.thumb');"
+            "return i && i.complete && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight];",
+            30,
+        )
+        assert 0 < max(size) <= 96, size
         # Unknown state and fields are shown; network text is shown as text, not run.
         odd = browser.call(
             "eval",

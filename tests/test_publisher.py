@@ -3,6 +3,7 @@ MAXLEN, outages, and stream status."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -33,6 +34,9 @@ def make_event(
     track_id: int = 7,
     task: Task = Task.EMOTION,
     worker_id: str = "worker-a",
+    session: str = "s1",
+    labels: dict[str, str] | None = None,
+    stop_reason: str = "eos",
 ) -> FaceEvent:
     """A realistic event whose id follows `event_id_for`."""
     results = {
@@ -46,8 +50,9 @@ def make_event(
         ),
     }
     return FaceEvent(
-        event_id=event_id_for(stream_id, track_id, window_start_s, str(task)),
+        event_id=event_id_for(stream_id, track_id, window_start_s, str(task), session=session),
         stream_id=stream_id,
+        session=session,
         track_id=track_id,
         task=task,
         result=results.get(task),
@@ -60,6 +65,8 @@ def make_event(
         detector_score=0.987654321,
         model_id="chaubeyG/FaceLLaVA",
         worker_id=worker_id,
+        labels=labels if labels is not None else {"site": "hq"},
+        stop_reason=stop_reason,
     )
 
 
@@ -98,6 +105,7 @@ def test_event_lands_in_stream_with_every_field_equal_after_json_round_trip(
     assert first["track_id"] == "7"
     assert first["task"] == "emotion"
     assert first["event_id"] == events[0].event_id
+    assert first["session"] == "s1"
     assert stats.published == 3
     assert stats.duplicates_suppressed == 0
     assert stats.dropped == 0
@@ -114,13 +122,15 @@ def test_person_hash_holds_latest_result_per_task_and_expires(redis_server: Redi
             publisher.publish(event)
         assert publisher.flush(timeout_s=5)
     client = redis_server.client()
-    person = client.hgetall("fs-test:person:cam-1:7")
+    person = client.hgetall("fs-test:person:{cam-1}:s1:7")
     assert FaceEvent.model_validate_json(person["emotion"]) == newer
     assert FaceEvent.model_validate_json(person["age"]) == age
     assert float(person["last_seen_s"]) == newer.frame_wall_time_s
     assert person["stream_id"] == "cam-1"
     assert person["track_id"] == "7"
-    assert 0 < client.ttl("fs-test:person:cam-1:7") <= 30
+    assert person["session"] == "s1"
+    assert json.loads(person["labels"]) == {"site": "hq"}
+    assert 0 < client.ttl("fs-test:person:{cam-1}:s1:7") <= 30
 
 
 def test_live_channel_receives_each_new_event(redis_server: RedisServer) -> None:
@@ -295,7 +305,7 @@ def test_stream_status_hash_fields_are_written_with_url_redacted(redis_server: R
         assert publisher.flush(timeout_s=5)
         stats = publisher.stats()
     client = redis_server.client()
-    fields = client.hgetall("fs-test:stream:lobby")
+    fields = client.hgetall("fs-test:stream:{lobby}")
     assert fields["state"] == "error"
     assert fields["worker_id"] == "worker-b"
     assert float(fields["fps"]) == 4.75
@@ -307,7 +317,7 @@ def test_stream_status_hash_fields_are_written_with_url_redacted(redis_server: R
         assert secret not in fields["error"]
     assert "10.0.0.5" in fields["url"]
     assert client.smembers("fs-test:streams") == {"lobby"}
-    assert 0 < client.ttl("fs-test:stream:lobby") <= 600
+    assert 0 < client.ttl("fs-test:stream:{lobby}") <= 600
     assert stats.statuses_written == 1
     read_back = StreamStatusReader(client, publisher.keys).get("lobby")
     assert read_back is not None
@@ -383,7 +393,7 @@ def test_event_is_written_even_when_the_person_key_has_the_wrong_type(
     redis_server: RedisServer,
 ) -> None:
     client = redis_server.client()
-    client.set("fs-test:person:cam-1:7", "not a hash")  # e.g. an operator's stray key
+    client.set("fs-test:person:{cam-1}:s1:7", "not a hash")  # e.g. an operator's stray key
     event = make_event(0.0)
     with EventPublisher(settings_for(redis_server.url)) as publisher:
         publisher.publish(event)

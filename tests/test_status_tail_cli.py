@@ -16,6 +16,7 @@ from tests.services.redis_server import RedisServer
 from tests.test_publisher import make_event, settings_for
 from worker.events import FaceEvent
 from worker.publisher import EventPublisher
+from worker.redis_keys import RedisKeys
 from worker.status import StreamState, StreamStatus
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(60)]
@@ -164,7 +165,7 @@ def test_tail_follows_only_new_events_in_pretty_lines(redis_server: RedisServer)
 def _write_raw_status(server: RedisServer, stream_id: bytes, fields: dict[bytes, bytes]) -> None:
     client = server.client()
     client.sadd(f"{PREFIX}:streams".encode(), stream_id)
-    client.hset(f"{PREFIX}:stream:".encode() + stream_id, mapping=fields)
+    client.hset(RedisKeys(PREFIX).stream_raw(stream_id), mapping=fields)
 
 
 def test_status_shows_broken_entries_as_such_and_still_lists_the_others(
@@ -187,7 +188,7 @@ def test_status_shows_broken_entries_as_such_and_still_lists_the_others(
         b"e-ansi",
         {b"state": b"error", b"updated_s": repr(now).encode(), b"error": b"\x1b[31mred\x1b[0m\rX"},
     )
-    redis_server.client().set(f"{PREFIX}:stream:f-string", "not a hash")
+    redis_server.client().set(RedisKeys(PREFIX).stream("f-string"), "not a hash")
     redis_server.client().sadd(f"{PREFIX}:streams", "f-string")
 
     done = facestream("status", "--redis-url", redis_server.url, "--prefix", PREFIX)

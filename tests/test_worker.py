@@ -30,6 +30,7 @@ from worker.detection import DETECTOR_FAILURES_IN_ROW
 from worker.events import FaceEvent, event_id_for
 from worker.intake import StreamRecord
 from worker.model_stage import MODEL_FAILURES_IN_ROW, ModelStage
+from worker.redis_keys import RedisKeys
 from worker.scheduler import WindowJob, WindowQueue
 from worker.service import SUPERVISOR_STALL_S, Worker
 from worker.settings import Settings
@@ -168,7 +169,7 @@ def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> o
 
 
 def _status(client: redis.Redis, prefix: str, stream_id: str) -> dict[str, str]:
-    return client.hgetall(f"{prefix}:stream:{stream_id}")
+    return client.hgetall(RedisKeys(prefix).stream(stream_id))
 
 
 # -- the service's own logic, without services (fast) ---------------------------------------
@@ -455,8 +456,9 @@ def test_submitted_camera_yields_complete_events_person_hash_and_status(
         assert event.worker_id == "w1"
         assert event.model_id == worker_env["FACESTREAM_MODEL__MODEL"]
         assert event.event_id == event_id_for(
-            "cam-1", event.track_id, event.window_start_s, event.task
+            "cam-1", event.track_id, event.window_start_s, event.task, session=event.session
         )
+        assert event.session and event.stop_reason in ("eos", "length")
         assert 0 < event.window_end_s - event.window_start_s <= 2.5 + 0.01
         x1, y1, x2, y2 = event.box_xyxy
         assert 0 <= x1 < x2 <= 640 + 1 and 0 <= y1 < y2 <= 360 + 1
@@ -464,9 +466,10 @@ def test_submitted_camera_yields_complete_events_person_hash_and_status(
         assert event.answer_text  # the tiny model's text is noise, but there is one
         assert event.wall_time_s >= event.frame_wall_time_s
     first = events[0]
-    person = client.hgetall(f"{prefix}:person:cam-1:{first.track_id}")
+    person_key = RedisKeys(prefix).person("cam-1", first.session, first.track_id)
+    person = client.hgetall(person_key)
     assert person, "person hash missing"
-    assert 0 < client.ttl(f"{prefix}:person:cam-1:{first.track_id}") <= 30
+    assert 0 < client.ttl(person_key) <= 30
 
     status = _wait_for(
         lambda: (s := _status(client, prefix, "cam-1")).get("state") == "running" and s,

@@ -21,8 +21,10 @@ from models.facellava.batch_limits import resolve_batch_clips
 from models.facellava.engine import GenerationEngine, GenerationRequest, GenerationResult
 from models.facellava.options import ModelOptions
 from models.facellava.tasks import TASK_MODALITY, Task
-from worker.events import FaceEvent, event_id_for
+from models.overrides import with_overrides
+from worker.events import FaceEvent, StopReason, event_id_for
 from worker.scheduler import WindowJob
+from worker.thumbnails import encode_thumbnail
 
 if TYPE_CHECKING:
     from models.facellava.checkpoint import LoadedModel
@@ -33,26 +35,43 @@ log = structlog.get_logger(__name__)
 class FaceAnswerer:
     """Owns one generation engine; `answer(jobs)` gives one event per (job, task)."""
 
-    def __init__(self, engine: GenerationEngine, model_id: str, worker_id: str) -> None:
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        model_id: str,
+        worker_id: str,
+        *,
+        thumbnails: bool = False,
+    ) -> None:
         self.engine = engine
         self.model_id = model_id
         self.worker_id = worker_id
+        self.thumbnails = thumbnails  # attach each window's best crop as a small JPEG
 
     @classmethod
-    def from_options(cls, options: ModelOptions, worker_id: str) -> FaceAnswerer:
+    def from_options(
+        cls, options: ModelOptions, worker_id: str, *, thumbnails: bool = False
+    ) -> FaceAnswerer:
         """Load the checkpoint named by `options` and wrap it in an engine."""
         from models.facellava.checkpoint import load_from_options
 
-        return cls.from_loaded(load_from_options(options), options, worker_id)
+        return cls.from_loaded(
+            load_from_options(options), options, worker_id, thumbnails=thumbnails
+        )
 
     @classmethod
     def from_loaded(
-        cls, loaded: LoadedModel, options: ModelOptions, worker_id: str
+        cls,
+        loaded: LoadedModel,
+        options: ModelOptions,
+        worker_id: str,
+        *,
+        thumbnails: bool = False,
     ) -> FaceAnswerer:
         """Wrap an already loaded model in an engine with the options' generation knobs
         (an "auto" `max_batch_clips` sized from the free device memory now)."""
         batch_clips = resolve_batch_clips(options.max_batch_clips, loaded.model)
-        options = options.model_copy(update={"max_batch_clips": batch_clips})
+        options = with_overrides(options, {"max_batch_clips": batch_clips})
         engine = GenerationEngine.from_options(
             loaded.model, loaded.tokenizer, options, loaded.eos_token_id
         )
@@ -63,34 +82,18 @@ class FaceAnswerer:
             max_batch_clips=engine.max_batch_clips,
             engine_visuals=engine.max_visuals,
         )
-        return cls(engine, model_id=options.model, worker_id=worker_id)
+        return cls(engine, model_id=options.model, worker_id=worker_id, thumbnails=thumbnails)
 
     def answer(self, jobs: Sequence[WindowJob]) -> list[FaceEvent]:
         """Run every task of every job in one engine call and build the events."""
-        requests: list[GenerationRequest] = []
-        for index, job in enumerate(jobs):
-            clip, image = job.request.clip, job.request.image
-            video_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "video"]
-            image_tasks = [t for t in job.tasks if TASK_MODALITY[t] == "image"]
-            if video_tasks:
-                requests.append(
-                    GenerationRequest.for_tasks((index, "video"), clip.crops_rgb, video_tasks)
-                )
-            if image_tasks:
-                requests.append(
-                    GenerationRequest.for_tasks((index, "image"), image.crop_rgb, image_tasks)
-                )
+        requests = [r for index, job in enumerate(jobs) for r in self.requests_for(job, index)]
         if not requests:
             return []
-        results = self.engine.generate(requests)
-        now_s = time.time()
-        events: list[FaceEvent] = []
-        for result in results:
-            job = jobs[result.key[0]]
-            for answer in result.answers:
-                task = answer.question.task
-                assert task is not None  # for_tasks always sets it
-                events.append(self._event(job, Task(task), answer.text, now_s))
+        events = [
+            event
+            for result in self.engine.generate(requests)
+            for event in self.events_for(jobs[result.key[0]], result)
+        ]
         streams = sorted({job.key[0] for job in jobs})
         log.debug("answered", jobs=len(jobs), events=len(events), streams=streams)
         return events
@@ -112,24 +115,38 @@ class FaceAnswerer:
         return requests
 
     def events_for(self, job: WindowJob, result: GenerationResult) -> list[FaceEvent]:
-        """One event per answer of one finished request of `job`, made now."""
+        """One event per answer of one finished request of `job`, made now; with
+        thumbnails on, the first carries the window's best crop (the person's latest face)."""
         now_s = time.time()
         events = []
         for answer in result.answers:
             task = answer.question.task
             assert task is not None  # requests_for always sets it
-            events.append(self._event(job, Task(task), answer.text, now_s))
+            event = self._event(job, Task(task), answer.text, answer.stop_reason, now_s)
+            if self.thumbnails and not events:
+                event = event.with_thumbnail(encode_thumbnail(job.request.image.crop_rgb))
+            events.append(event)
         return events
 
-    def _event(self, job: WindowJob, task: Task, text: str, now_s: float) -> FaceEvent:
+    def _event(
+        self, job: WindowJob, task: Task, text: str, stop_reason: StopReason, now_s: float
+    ) -> FaceEvent:
         window = job.request.clip.window
         return FaceEvent(
-            event_id=event_id_for(window.stream_id, window.track_id, window.window_start_s, task),
+            event_id=event_id_for(
+                window.stream_id,
+                window.track_id,
+                window.window_start_s,
+                task,
+                session=job.session,
+            ),
             stream_id=window.stream_id,
+            session=job.session,
             track_id=window.track_id,
             task=task,
             result=parse_answer(task, text),
             answer_text=text,
+            stop_reason=stop_reason,
             window_start_s=window.window_start_s,
             window_end_s=window.window_end_s,
             wall_time_s=now_s,
@@ -138,4 +155,5 @@ class FaceAnswerer:
             detector_score=window.detector_score,
             model_id=self.model_id,
             worker_id=self.worker_id,
+            labels=dict(job.labels),
         )

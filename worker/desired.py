@@ -24,6 +24,17 @@ from worker.records import InvalidRecordError
 from worker.specs import StreamSpec
 
 
+def same_run(
+    current: StreamSpec | InvalidRecordError | None, new: StreamSpec | None
+) -> StreamSpec | None:
+    """`new`, unless it repeats `current`'s value: then `current`, whose record started
+    the run (its `origin`, and so the session of a finite source, stays the same on
+    every worker that folds the partition)."""
+    if isinstance(current, StreamSpec) and new is not None and current == new:
+        return current
+    return new
+
+
 @dataclass(frozen=True)
 class DesiredChange:
     """How the desired set of streams changed: start, restart, stop these (`released`:
@@ -143,7 +154,7 @@ class DesiredSet:
                 self._specs.pop(stream_id, None)
                 self._partition_of.pop(stream_id, None)
             else:
-                self._specs[stream_id] = spec
+                self._specs[stream_id] = same_run(self._specs.get(stream_id), spec)
                 self._partition_of[stream_id] = partition
 
     def finish_fold(self, partition: int, changes: ChangeLog) -> list[InvalidRecordError]:

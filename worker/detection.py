@@ -138,8 +138,9 @@ class DetectionStage(StageThread):
             if not self._streams.is_current(record):
                 self._queue.count_drop("stream_stopped", len(windows))
                 return
+            tasks, session, labels = tuple(record.spec.tasks), record.session, record.spec.labels
             for window in windows:
-                self._queue.put(WindowJob(window, tuple(record.spec.tasks)))
+                self._queue.put(WindowJob(window, tasks, session=session, labels=labels))
 
     def _flush(self, record: StreamRecord) -> None:
         """A finite source ended: end its tracks and queue their last windows."""

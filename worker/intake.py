@@ -21,6 +21,7 @@ from ingest.pipeline import StreamPipeline
 from ingest.sources import SourceError, SourceState, VideoSource
 from ingest.windows import WindowOptions
 from models.overrides import with_overrides
+from worker.sessions import new_nonce, session_for
 from worker.settings import Settings
 from worker.specs import StreamSpec
 from worker.status import StreamState
@@ -72,6 +73,8 @@ class StreamRecord:
         self.admitted = False  # `worker.admission` decided to serve it (new records: not yet)
         self.fps = {"decoded": 0.0, "detected": 0.0, "skipped": 0.0}
         self._rates = {stage: Rate() for stage in self.fps}
+        self._nonce = new_nonce()  # drawn at each start: a live run's session is new
+        self._session: str | None = None
 
     @classmethod
     def running(cls, spec: StreamSpec, settings: Settings) -> StreamRecord:
@@ -88,6 +91,15 @@ class StreamRecord:
         record.source = VideoSource(spec.url, source_options, stream_id=spec.stream_id)
         record.detection_fps = source_options.sample_fps
         return record
+
+    @property
+    def session(self) -> str:
+        """This run's session (`worker.sessions`), fixed at the first call: call it once
+        the source is open (a window exists), when it is known to be live or finite."""
+        if self._session is None:
+            live = self.source is None or self.source.is_live
+            self._session = session_for(self.spec, live=live, nonce=self._nonce)
+        return self._session
 
     @property
     def active(self) -> bool:

@@ -252,6 +252,50 @@ class StageCollector(Collector):
             ),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+        for name, text, value in (
+            (
+                "facestream_events_published",
+                "Events written to Redis (new ids).",
+                stats.published,
+            ),
+            (
+                "facestream_events_deduplicated",
+                "Events not written because their id was already published (a replay).",
+                stats.duplicates_suppressed,
+            ),
+            (
+                "facestream_answers_truncated",
+                "Answers cut at the token cap (events with stop_reason=length).",
+                stats.answers_truncated,
+            ),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
+        if stats.kafka is not None:
+            yield CounterMetricFamily(
+                "facestream_kafka_events_sent",
+                "Events acknowledged by the Kafka events topic.",
+                value=stats.kafka.sent,
+            )
+            yield CounterMetricFamily(
+                "facestream_kafka_events_dropped",
+                "Events dropped from the Kafka events buffer (full while Kafka was down).",
+                value=stats.kafka.dropped,
+            )
+            yield CounterMetricFamily(
+                "facestream_kafka_events_errors",
+                "Failed sends to the Kafka events topic (each retried).",
+                value=stats.kafka.errors,
+            )
+            yield GaugeMetricFamily(
+                "facestream_kafka_events_buffer_size",
+                "Events waiting for the Kafka events topic.",
+                value=stats.kafka.buffered,
+            )
+            yield GaugeMetricFamily(
+                "facestream_kafka_events_buffer_bytes",
+                "Bytes of event JSON waiting for the Kafka events topic.",
+                value=stats.kafka.buffered_bytes,
+            )
         status = self._watcher_status()
         yield GaugeMetricFamily(
             "facestream_assigned_partitions",

@@ -6,15 +6,14 @@ raise; the thread writes them to Redis in pipelines. While Redis is unreachable 
 thread retries with exponential backoff, the event buffer keeps the newest
 `buffer_max_events` (drop-oldest, drops counted) and statuses keep the latest per stream.
 
-Each event goes through one Lua script that first claims `{p}:seen:{event_id}` with
-`SET NX EX`; only the caller that claims it writes the stream entry, the pub/sub message
-and the person hash. So a window redone after a failover, or the same event published
-by two workers at once, shows up exactly once.
+What one round trip sends (the deduplicating Lua script per event, the status hashes)
+is `worker.redis_writes`. With `FACESTREAM_KAFKA__EVENTS_TOPIC` set, `publish()` also
+hands each event to the `KafkaEventMirror` (its own thread and bounded buffer), so a slow
+or absent Kafka never holds up Redis, nor Redis Kafka.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import deque
@@ -30,45 +29,13 @@ from redis.retry import Retry
 from ingest.backoff import Backoff
 from ingest.urls import redact_url
 from worker.events import FaceEvent
+from worker.kafka_events import KafkaEventMirror, KafkaMirrorStats
 from worker.redis_keys import RedisKeys
+from worker.redis_writes import PUBLISH_LUA, queue_event, queue_status
 from worker.settings import RedisSettings
 from worker.status import StreamStatus
 
 log = structlog.get_logger(__name__)
-
-# KEYS: seen marker, events stream, person hash.
-# ARGV: dedup ttl s, stream maxlen, live channel, event json, event id, stream id, track id,
-#       task, frame wall time s, window end s, person ttl s.
-# Returns 1 when written, 0 when the event id was already published.
-# Order matters: the seen marker is set only after the stream entry exists (a failing
-# XADD leaves nothing behind and the batch is retried), and the person hash, a
-# convenience view, is updated under pcall so an odd key there cannot lose the event.
-_PUBLISH_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
-  'event', ARGV[4], 'event_id', ARGV[5], 'stream_id', ARGV[6], 'track_id', ARGV[7],
-  'task', ARGV[8])
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-local function update_person()
-  -- The newest window per task wins, even when windows finish out of order.
-  local previous = redis.call('HGET', KEYS[3], ARGV[8])
-  if (not previous) or cjson.decode(previous)['window_end_s'] <= tonumber(ARGV[10]) then
-    redis.call('HSET', KEYS[3], ARGV[8], ARGV[4])
-  end
-  local last_seen = tonumber(redis.call('HGET', KEYS[3], 'last_seen_s') or '0')
-  if tonumber(ARGV[9]) > last_seen then
-    redis.call('HSET', KEYS[3], 'last_seen_s', ARGV[9])
-  end
-  redis.call('HSET', KEYS[3], 'stream_id', ARGV[6], 'track_id', ARGV[7])
-  redis.call('EXPIRE', KEYS[3], ARGV[11])
-end
-pcall(update_person)
-return 1
-"""
-_PUBLISH_LUA_SHA = hashlib.sha1(_PUBLISH_LUA.encode()).hexdigest()
 
 
 class PublisherDiedError(RuntimeError):
@@ -80,7 +47,8 @@ class PublisherStats:
     """Counters since start, for metrics and tests."""
 
     published: int
-    duplicates_suppressed: int
+    duplicates_suppressed: int  # events whose id was already written (a replay): not shown again
+    answers_truncated: int  # events whose answer was cut at the token cap (stop_reason=length)
     dropped: int
     redis_errors: int
     buffered: int
@@ -88,6 +56,7 @@ class PublisherStats:
     statuses_written: int
     statuses_pending: int
     redis_up: bool | None
+    kafka: KafkaMirrorStats | None  # None when the events topic is off
 
 
 @dataclass(frozen=True)
@@ -106,6 +75,7 @@ class EventPublisher:
         batch_max_events: int = 256,
         socket_timeout_s: float = 5.0,
         thread_name: str = "redis-publisher",
+        mirror: KafkaEventMirror | None = None,
     ) -> None:
         self._settings = settings
         self._keys = RedisKeys(settings.prefix)
@@ -117,6 +87,7 @@ class EventPublisher:
             retry=Retry(NoBackoff(), 0),  # our own loop retries with backoff
         )
         self._thread_name = thread_name
+        self._mirror = mirror
         self._thread: threading.Thread | None = None
 
         self._cond = threading.Condition()
@@ -132,6 +103,7 @@ class EventPublisher:
 
         self._published = 0
         self._duplicates = 0
+        self._truncated = 0
         self._dropped = 0
         self._redis_errors = 0
         self._statuses_written = 0
@@ -151,11 +123,17 @@ class EventPublisher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
             self._thread.start()
+            if self._mirror is not None:
+                self._mirror.start()
         return self
 
     def publish(self, event: FaceEvent) -> None:
         """Queue one event; when the buffer is full the oldest queued event is dropped."""
+        if self._mirror is not None:
+            self._mirror.offer(event)
         with self._cond:
+            if event.stop_reason == "length":
+                self._truncated += 1
             if len(self._buffer) >= self._settings.buffer_max_events:
                 evicted = self._buffer.popleft()
                 if evicted.seq <= self._inflight_upto_seq:
@@ -190,7 +168,9 @@ class EventPublisher:
                 if remaining <= 0 or self._failure is not None or not self.is_alive():
                     return False
                 self._cond.wait(remaining)
-            return True
+        if self._mirror is not None:
+            return self._mirror.flush(max(0.0, deadline - time.monotonic()))
+        return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread; anything still queued is counted as dropped (call `flush` first)."""
@@ -206,22 +186,28 @@ class EventPublisher:
                 self._buffer.clear()
                 log.warning("publisher.stopped_with_unwritten_events", events=left)
         self._client.close()
+        if self._mirror is not None:
+            self._mirror.stop(timeout_s)
 
     def is_alive(self) -> bool:
-        """True while the writer thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the writer thread (and the Kafka events thread, if on) runs."""
+        mirror_alive = self._mirror is None or self._mirror.is_alive()
+        return self._thread is not None and self._thread.is_alive() and mirror_alive
 
     @property
     def failure(self) -> BaseException | None:
-        """The unexpected error that ended the thread, if any."""
+        """The unexpected error that ended the thread (or the Kafka events thread), if any."""
+        if self._failure is None and self._mirror is not None:
+            return self._mirror.failure
         return self._failure
 
     def raise_if_died(self) -> None:
         """Raise `PublisherDiedError` if the thread ended on an unexpected error."""
-        if self._failure is not None:
+        failure = self.failure
+        if failure is not None:
             raise PublisherDiedError(
-                f"redis publisher thread died: {self._failure!r}; restart the worker"
-            ) from self._failure
+                f"event publisher thread died: {failure!r}; restart the worker"
+            ) from failure
 
     def stats(self) -> PublisherStats:
         """A consistent snapshot of the counters."""
@@ -229,6 +215,7 @@ class EventPublisher:
             return PublisherStats(
                 published=self._published,
                 duplicates_suppressed=self._duplicates,
+                answers_truncated=self._truncated,
                 dropped=self._dropped,
                 redis_errors=self._redis_errors,
                 buffered=len(self._buffer),
@@ -236,6 +223,7 @@ class EventPublisher:
                 statuses_written=self._statuses_written,
                 statuses_pending=len(self._pending_status),
                 redis_up=self._redis_up,
+                kafka=self._mirror.stats() if self._mirror is not None else None,
             )
 
     def __enter__(self) -> EventPublisher:
@@ -288,7 +276,7 @@ class EventPublisher:
         if missing:
             # A restarted or failed-over Redis forgot the script (another worker may have
             # loaded it meanwhile, so only some entries can be missing): load, resend those.
-            self._client.script_load(_PUBLISH_LUA)
+            self._client.script_load(PUBLISH_LUA)
             resent = self._write_pipeline([batch[i] for i in missing], {})
             for i, result in zip(missing, resent, strict=True):
                 results[i] = result
@@ -304,34 +292,9 @@ class EventPublisher:
         settings, keys = self._settings, self._keys
         pipe = self._client.pipeline(transaction=False)
         for queued in batch:
-            event = queued.event
-            pipe.evalsha(
-                _PUBLISH_LUA_SHA,
-                3,
-                keys.seen(event.event_id),
-                keys.events,
-                keys.person(event.stream_id, event.track_id),
-                settings.dedup_ttl_s,
-                settings.events_maxlen,
-                keys.live,
-                event.model_dump_json(),
-                event.event_id,
-                event.stream_id,
-                event.track_id,
-                str(event.task),
-                repr(event.frame_wall_time_s),
-                repr(event.window_end_s),
-                settings.person_ttl_s,
-            )
+            queue_event(pipe, keys, settings, queued.event)
         for stream_id, status in statuses.items():
-            if status is None:
-                pipe.delete(keys.stream(stream_id))
-                pipe.srem(keys.streams, stream_id)
-            else:
-                pipe.hset(keys.stream(stream_id), mapping=status.to_hash())
-                pipe.expire(keys.stream(stream_id), settings.status_ttl_s)
-                pipe.sadd(keys.streams, stream_id)
-                pipe.expire(keys.streams, settings.status_ttl_s)
+            queue_status(pipe, keys, settings, stream_id, status)
         results = pipe.execute(raise_on_error=False)
         for result in results[len(batch) :]:
             if isinstance(result, Exception):

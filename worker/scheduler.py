@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ingest.windows import WindowRequests
@@ -22,11 +23,14 @@ DROP_REASONS = ("superseded", "queue_full", "stale", "stream_stopped", "model_er
 
 @dataclass(frozen=True)
 class WindowJob:
-    """One window of one person (its clip and best image) and the tasks its stream asked."""
+    """One window of one person (its clip and best image) and the tasks its stream asked;
+    `session` and `labels` of the stream's run go into its events."""
 
     request: WindowRequests
     tasks: tuple[Task, ...]
     enqueued_s: float = field(default_factory=time.monotonic)
+    session: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:

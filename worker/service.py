@@ -33,6 +33,7 @@ from worker.admission import Admission
 from worker.detection import DetectionStage
 from worker.health import HealthServer
 from worker.intake import StreamTable
+from worker.kafka_events import KafkaEventMirror
 from worker.liveness import WorkerLiveness
 from worker.metrics import Metrics
 from worker.model_stage import ModelStage, WindowStepper, static_task_policy
@@ -64,7 +65,14 @@ class Worker:
         self._answerer_factory = answerer_factory or self._default_answerer
         self.metrics = Metrics()
         self.streams = StreamTable()
-        self.publisher = EventPublisher(settings.redis)
+        self.publisher = EventPublisher(
+            settings.redis,
+            mirror=(
+                KafkaEventMirror(settings.kafka, client_id=f"facestream-{self.worker_id}-events")
+                if settings.kafka.events_topic
+                else None
+            ),
+        )
         self.queue = WindowQueue(
             settings.scheduler.model_queue_windows,
             settings.scheduler.max_window_age_s,
@@ -122,7 +130,11 @@ class Worker:
         from worker.answering import FaceAnswerer
         from worker.model_stage import EngineWindows
 
-        return EngineWindows(FaceAnswerer.from_options(self.settings.model, self.worker_id))
+        return EngineWindows(
+            FaceAnswerer.from_options(
+                self.settings.model, self.worker_id, thumbnails=self.settings.redis.thumbnails
+            )
+        )
 
     def _forget_stream(self, stream_id: str) -> None:
         if self.model is not None:

@@ -67,6 +67,15 @@ class KafkaSettings(BaseModel):
         0.5, gt=0, description="First delay before reconnecting after a Kafka failure."
     )
     retry_max_s: float = Field(10.0, gt=0, description="Cap of the Kafka reconnect backoff.")
+    events_topic: str = Field(
+        "", description="Also write every event to this topic (key = stream id); empty = off."
+    )
+    events_buffer_events: int = Field(
+        10000, ge=1, description="Events held for the events topic while Kafka is down."
+    )
+    events_buffer_bytes: int = Field(
+        16 * 1024 * 1024, ge=4096, description="Bytes of event JSON held for the events topic."
+    )
 
 
 class RedisSettings(BaseModel):
@@ -84,6 +93,9 @@ class RedisSettings(BaseModel):
     retry_max_s: float = Field(5.0, gt=0, description="Cap of the retry backoff.")
     dedup_ttl_s: int = Field(
         3600, ge=1, description="How long an event id is remembered to drop repeats after failover."
+    )
+    thumbnails: bool = Field(
+        False, description="Store each person's best face crop as a small JPEG (person TTL)."
     )
 
 

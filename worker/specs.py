@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from models.facellava.tasks import Task
 
@@ -59,6 +59,29 @@ class StreamSpec(BaseModel):
     max_faces: int | None = Field(None, ge=1, le=100, description="Override: faces tracked.")
     min_face_px: int | None = Field(None, ge=1, le=4096, description="Override: min face side.")
     labels: dict[str, str] = Field(default_factory=dict, description="Free caller labels.")
+
+    # Not on the wire: which assignments record this spec came from ("topic/partition/
+    # offset", empty when it was not read from Kafka). It names the run (`worker.sessions`)
+    # and is no part of equality: the same value again is the same assignment.
+    _origin: str = PrivateAttr("")
+
+    @property
+    def origin(self) -> str:
+        """`topic/partition/offset` of the record this spec was read from ('' if none)."""
+        return self._origin
+
+    def from_record(self, topic: str, partition: int, offset: int) -> StreamSpec:
+        """This spec, marked as read from that assignments record."""
+        copy = self.model_copy()
+        copy._origin = f"{topic}/{partition}/{offset}"
+        return copy
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StreamSpec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__  # the fields only, never `origin`
+
+    __hash__ = None  # type: ignore[assignment]  # labels (a dict) are not hashable anyway
 
     @field_validator("schema_version")
     @classmethod

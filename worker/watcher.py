@@ -34,7 +34,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from ingest.backoff import Backoff
-from worker.desired import ChangeLog, DesiredChange, DesiredSet, Fold
+from worker.desired import ChangeLog, DesiredChange, DesiredSet, Fold, same_run
 from worker.kafka_client import make_consumer, make_producer
 from worker.offsets import OffsetBook
 from worker.records import MAX_ERROR_CHARS, InvalidRecordError, parse_record
@@ -307,8 +307,10 @@ class AssignmentWatcher:
                 self._desired.set_spec(error.stream_id, None, tp.partition, changes)
                 self._report_invalid(error.stream_id, error.reason)
             return
+        if spec is not None:
+            spec = spec.from_record(record.topic, record.partition, record.offset)
         if fold is not None:
-            fold.latest[stream_id] = spec
+            fold.latest[stream_id] = same_run(fold.latest.get(stream_id), spec)
         else:
             self._desired.set_spec(stream_id, spec, tp.partition, changes)
 

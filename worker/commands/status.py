@@ -162,10 +162,9 @@ def read_statuses(
         [stream_id.encode()] if stream_id is not None else list(client.smembers(keys.streams))
     )
     raw_ids.sort()
-    prefix = keys.stream("").encode()
     pipe = client.pipeline(transaction=False)
     for raw_id in raw_ids:
-        pipe.hgetall(prefix + raw_id)
+        pipe.hgetall(keys.stream_raw(raw_id))
     entries = []
     for raw_id, reply in zip(raw_ids, pipe.execute(raise_on_error=False), strict=True):
         shown_id = decode_text(raw_id)

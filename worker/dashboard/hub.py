@@ -31,8 +31,10 @@ import redis
 import structlog
 
 from ingest.urls import redact_url
+from models.facellava.tasks import Task
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
+from worker.thumbnails import is_thumbnail
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +49,7 @@ REPLAY_MAX_EVENTS = 10000
 MAX_PEOPLE = 20000
 # A person's expiry is re-sent only when it moved by more than this (polls jitter by ms).
 EXPIRY_TOLERANCE_S = 0.75
+_TASK_FIELDS = frozenset(str(task) for task in Task)
 
 
 @dataclass(frozen=True, order=True)
@@ -78,6 +81,7 @@ class FeedEvent:
     stream_id: str
     track_id: int | None
     task: str
+    session: str = ""
 
 
 def sse_message(kind: str, data: str, entry_id: EntryId | None = None) -> bytes:
@@ -165,6 +169,11 @@ class DashboardHub:
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
         )
+        self._binary_client = redis.Redis.from_url(  # thumbnails are JPEG bytes
+            redis_settings.url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+        )
         self._stop = threading.Event()
         self._lock = threading.Lock()  # subscribers and the snapshot below
         self._subscribers: set[Subscriber] = set()
@@ -208,6 +217,7 @@ class DashboardHub:
             if thread.ident is not None:
                 thread.join(timeout_s)
         self._client.close()
+        self._binary_client.close()
 
     @property
     def stopping(self) -> bool:
@@ -373,6 +383,7 @@ class DashboardHub:
                     stream_id=fields.get("stream_id", ""),
                     track_id=int(track) if track.lstrip("-").isdigit() else None,
                     task=fields.get("task", ""),
+                    session=fields.get("session", ""),
                 )
             )
         if skipped:
@@ -387,7 +398,7 @@ class DashboardHub:
             self._events_read += len(events)
             for event in events:
                 if event.track_id is not None and event.stream_id:
-                    key = self.keys.person(event.stream_id, event.track_id)
+                    key = self.keys.person(event.stream_id, event.session, event.track_id)
                     if key not in self._known_people and len(self._known_people) < MAX_PEOPLE:
                         self._known_people[key] = now_s
             self._fan_out_locked(messages)
@@ -420,7 +431,7 @@ class DashboardHub:
     def _scan_people(self) -> None:
         """People already in view when the dashboard starts (once; later ones come by events)."""
         now_s = time.time()
-        pattern = self.keys.person("*", 0)[: -len(":*:0")] + ":*"
+        pattern = self.keys.person_pattern()
         found = {}
         for key in self._client.scan_iter(match=pattern, count=1000):
             found[key] = now_s
@@ -440,6 +451,7 @@ class DashboardHub:
         for key in person_keys:
             pipe.hgetall(key)
             pipe.pttl(key)
+            pipe.exists(self.keys.thumbnail_of_person(key))
         results = pipe.execute()
         now_s = time.time()
         streams = {
@@ -451,12 +463,13 @@ class DashboardHub:
         people: dict[str, dict[str, Any]] = {}
         gone_keys = []
         for i, key in enumerate(person_keys):
-            fields, pttl_ms = people_raw[2 * i], people_raw[2 * i + 1]
+            fields, pttl_ms, has_thumbnail = people_raw[3 * i : 3 * i + 3]
             if not fields or pttl_ms == -2:
                 gone_keys.append(key)
                 continue
             expires_s = now_s + pttl_ms / 1000 if pttl_ms >= 0 else None
             people[key] = _person_view(fields, expires_s, self._known_people.get(key, now_s))
+            people[key]["thumbnail"] = bool(has_thumbnail)
         with self._lock:
             for key in gone_keys:
                 self._known_people.pop(key, None)
@@ -478,6 +491,20 @@ class DashboardHub:
             }
             if messages:
                 self._fan_out_locked(messages)
+
+    def thumbnail(self, person_key: str) -> bytes | None:
+        """The face JPEG of a person the hub follows, or None (unknown person, no
+        thumbnail, or stored bytes that are not a thumbnail of ours)."""
+        with self._lock:
+            if person_key not in self._known_people:
+                return None  # only keys the hub found itself: never a key from the request
+        try:
+            data = self._binary_client.get(self.keys.thumbnail_of_person(person_key))
+        except redis.RedisError:
+            return None
+        if not isinstance(data, bytes | bytearray) or not is_thumbnail(bytes(data)):
+            return None
+        return bytes(data)
 
     def _set_redis_up(self, up: bool, exc: BaseException | None = None) -> None:
         with self._lock:
@@ -509,7 +536,7 @@ def _person_view(
     tasks: dict[str, Any] = {}
     other: dict[str, str] = {}
     for name, value in fields.items():
-        if value.startswith("{"):
+        if name in _TASK_FIELDS and value.startswith("{"):
             try:
                 tasks[name] = json.loads(value)
                 continue
@@ -531,6 +558,8 @@ def _person_view(
 
 def _person_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     if old is None or old["fields"] != new["fields"] or old["tasks"] != new["tasks"]:
+        return True
+    if old.get("thumbnail") != new.get("thumbnail"):
         return True
     if (old["expires_s"] is None) != (new["expires_s"] is None):
         return True

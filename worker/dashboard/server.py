@@ -186,6 +186,14 @@ class DashboardServer:
             self._reply(
                 req, HTTPStatus.OK, json.dumps(self.hub.state()).encode(), "application/json"
             )
+        elif url.path == "/api/thumbnail":
+            # Only a person the hub follows, only bytes that are a JPEG of ours; served as
+            # an image (nosniff), never inlined into the page.
+            jpeg = self.hub.thumbnail(query.get("person", [""])[0])
+            if jpeg is None:
+                self._reply(req, HTTPStatus.NOT_FOUND, b"no thumbnail\n", "text/plain")
+            else:
+                self._reply(req, HTTPStatus.OK, jpeg, "image/jpeg")
         else:
             self._reply(req, HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 

@@ -75,7 +75,7 @@ function resultText(task, event) {
     default: return JSON.stringify(r);
   }
 }
-function personKeyOf(stream, track) { return `${stream}\u001f${track}`; }
+function personKeyOf(stream, session, track) { return `${stream}\u001f${session || ""}\u001f${track}`; }
 
 // -- incoming messages ------------------------------------------------------------------------
 
@@ -105,7 +105,7 @@ function onFace(message) {
   model.feed.unshift({ id: message.lastEventId, event });
   if (model.feed.length > FEED_MAX) model.feed.length = FEED_MAX;
   if (event.task === "emotion" && event.result && event.result.label) {
-    const key = personKeyOf(event.stream_id, event.track_id);
+    const key = personKeyOf(event.stream_id, event.session, event.track_id);
     (model.timelines[key] = model.timelines[key] || []).push({
       t: event.frame_wall_time_s, label: event.result.label,
     });
@@ -283,11 +283,34 @@ function renderPeople(f) {
       card.style.opacity = String(Math.max(0.2, Math.min(1, 0.2 + left)));
       if (left < 0.8) card.classList.add("leaving");
     }
-    renderTimeline(card.querySelector(".timeline"), personKeyOf(stream, p.fields.track_id), t);
+    renderTimeline(
+      card.querySelector(".timeline"), personKeyOf(stream, p.fields.session, p.fields.track_id), t);
+    if (p.thumbnail) card.querySelector("header").prepend(thumbnailOf(key, p.fields.last_seen_s));
     cards.push(card);
   }
   container.replaceChildren(...cards);
+  forgetThumbnails();
   document.getElementById("people-empty").hidden = cards.length > 0;
+}
+
+// One <img> per person, reused across renders; it reloads only when the person was seen
+// again (the server sends the JPEG as an image with nosniff; nothing is inlined).
+const thumbnails = new Map();
+function thumbnailOf(key, version) {
+  let img = thumbnails.get(key);
+  if (!img) {
+    img = el("img", "thumb");
+    img.alt = "face";
+    img.width = 48;
+    img.height = 48;
+    thumbnails.set(key, img);
+  }
+  const src = `/api/thumbnail?person=${encodeURIComponent(key)}&v=${encodeURIComponent(version || "")}`;
+  if (img.getAttribute("src") !== src) img.setAttribute("src", src);
+  return img;
+}
+function forgetThumbnails() {
+  for (const key of thumbnails.keys()) if (!(key in model.people)) thumbnails.delete(key);
 }
 
 function renderFeed(f) {

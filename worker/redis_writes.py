@@ -1,0 +1,114 @@
+"""What one `EventPublisher` round trip sends to Redis: each event through one Lua script
+(deduplicated by id), each stream status as a hash. Pure: builds commands, runs nothing.
+
+The script first checks `{p}:seen:{event_id}`; only an event not seen before is written:
+the stream entry, the `{p}:seen` marker (`EX dedup_ttl_s`), the pub/sub message, the
+person hash and (thumbnails on) the person's face JPEG. So a window redone after a
+failover, or the same event published by two workers at once, shows up exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from redis.client import Pipeline
+
+from worker.events import FaceEvent
+from worker.redis_keys import RedisKeys
+from worker.settings import RedisSettings
+from worker.status import StreamStatus
+
+# KEYS: seen marker, events stream, person hash, thumbnail.
+# ARGV: dedup ttl s, stream maxlen, live channel, event json, event id, stream id, track id,
+#       task, frame wall time s, window end s, person ttl s, session, labels json,
+#       thumbnail jpeg ('' = none).
+# Returns 1 when written, 0 when the event id was already published.
+# Order matters: the seen marker is set only after the stream entry exists (a failing
+# XADD leaves nothing behind and the batch is retried), and the person hash, a
+# convenience view, is updated under pcall so an odd key there cannot lose the event.
+PUBLISH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+  'event', ARGV[4], 'event_id', ARGV[5], 'stream_id', ARGV[6], 'track_id', ARGV[7],
+  'task', ARGV[8], 'session', ARGV[12])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+local function update_person()
+  -- The newest window per task wins, even when windows finish out of order.
+  local previous = redis.call('HGET', KEYS[3], ARGV[8])
+  if (not previous) or cjson.decode(previous)['window_end_s'] <= tonumber(ARGV[10]) then
+    redis.call('HSET', KEYS[3], ARGV[8], ARGV[4])
+  end
+  local last_seen = tonumber(redis.call('HGET', KEYS[3], 'last_seen_s') or '0')
+  if tonumber(ARGV[9]) > last_seen then
+    redis.call('HSET', KEYS[3], 'last_seen_s', ARGV[9])
+  end
+  redis.call('HSET', KEYS[3], 'stream_id', ARGV[6], 'session', ARGV[12],
+    'track_id', ARGV[7], 'labels', ARGV[13])
+  redis.call('EXPIRE', KEYS[3], ARGV[11])
+end
+local function update_thumbnail()
+  if ARGV[14] ~= '' then
+    redis.call('SET', KEYS[4], ARGV[14], 'EX', ARGV[11])
+  else
+    redis.call('EXPIRE', KEYS[4], ARGV[11])  -- lives as long as the person hash
+  end
+end
+pcall(update_person)
+pcall(update_thumbnail)
+return 1
+"""
+PUBLISH_LUA_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()
+
+
+def queue_event(
+    pipe: Pipeline,
+    keys: RedisKeys,
+    settings: RedisSettings,
+    event: FaceEvent,
+) -> None:
+    """Add one event's script call (EVALSHA) to `pipe`; its result is 1 (written) or 0."""
+    thumbnail = (event.thumbnail_jpeg or b"") if settings.thumbnails else b""
+    pipe.evalsha(
+        PUBLISH_LUA_SHA,
+        4,
+        keys.seen(event.event_id),
+        keys.events,
+        keys.person(event.stream_id, event.session, event.track_id),
+        keys.thumbnail(event.stream_id, event.session, event.track_id),
+        settings.dedup_ttl_s,
+        settings.events_maxlen,
+        keys.live,
+        event.model_dump_json(),
+        event.event_id,
+        event.stream_id,
+        event.track_id,
+        str(event.task),
+        repr(event.frame_wall_time_s),
+        repr(event.window_end_s),
+        settings.person_ttl_s,
+        event.session,
+        json.dumps(event.labels, ensure_ascii=False, sort_keys=True),
+        thumbnail,
+    )
+
+
+def queue_status(
+    pipe: Pipeline,
+    keys: RedisKeys,
+    settings: RedisSettings,
+    stream_id: str,
+    status: StreamStatus | None,
+) -> None:
+    """Add one stream's status write (or its removal, `status=None`) to `pipe`."""
+    if status is None:
+        pipe.delete(keys.stream(stream_id))
+        pipe.srem(keys.streams, stream_id)
+    else:
+        pipe.hset(keys.stream(stream_id), mapping=status.to_hash())
+        pipe.expire(keys.stream(stream_id), settings.status_ttl_s)
+        pipe.sadd(keys.streams, stream_id)
+        pipe.expire(keys.streams, settings.status_ttl_s)
