@@ -16,6 +16,7 @@ from ingest.windows import WindowRequests
 from models.facellava.answers import Task
 from tests.services.redis_server import RedisServer
 from tests.test_publisher import make_event, settings_for
+from worker.admission import Admission
 from worker.desired import same_run
 from worker.events import FaceEvent, event_id_for
 from worker.intake import StreamRecord, StreamTable
@@ -85,7 +86,15 @@ def test_window_job_carries_session_and_labels_from_the_stream_record() -> None:
     record = StreamRecord.running(spec, settings)
     streams, queue = StreamTable(), WindowQueue(8, 30.0)
     streams.put(record)
-    stage = DetectionStage(None, streams, queue, Metrics(), max_batch=1, wake=None)  # type: ignore[arg-type]
+    stage = DetectionStage(
+        None,  # type: ignore[arg-type]
+        streams,
+        queue,
+        Metrics(),
+        max_batch=1,
+        wake=None,  # type: ignore[arg-type]
+        admission=Admission(0.9),
+    )
     stage.enqueue(record, [_window_requests("cam-1", 3)])
     (job,) = queue.take(1, 0.0, 0.1)
     assert job.session == record.session and job.session

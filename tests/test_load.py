@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ingest.sources import SourceOptions, VideoSource
+from models.facellava.engine import AUTO_MAX_VISUALS
 from tests.media import write_gradient_clip
 from tests.test_worker import (  # noqa: F401 - fixtures used by the worker tests below
     _events,
@@ -257,7 +258,10 @@ def worker_memory_bound_bytes(settings: Settings, sizes: list[tuple[int, int, fl
         total += decoder + queued + frame_bytes + crops
     total += settings.detector.max_batch * source.max_pixels * 3
     window_bytes = (windows.frames_per_clip + 1) * crop_bytes
-    total += scheduler.model_queue_bytes + settings.model.max_batch_clips * window_bytes
+    # The model stage holds at most one window per engine slot ("auto": at most the cap).
+    visuals = settings.model.engine_visuals
+    held = AUTO_MAX_VISUALS if visuals == "auto" else visuals
+    total += scheduler.model_queue_bytes + held * window_bytes
     return total
 
 

@@ -203,7 +203,8 @@ def test_status_shows_detection_rate_tasks_labels_then_stopped_and_released(
     shown = _status_json(worker_env, "cam-s")
     assert shown["updated_s"] >= stopped_at - 1 and "tombstone" in shown["reason"]
     assert shown["labels"] == {"site": "lobby"} and shown["fps"] is None
-    assert redis_server.client().ttl(f"{prefix}:stream:cam-s") > 3600  # kept for the status TTL
+    # kept for the status TTL
+    assert redis_server.client().ttl(RedisKeys(prefix).stream("cam-s")) > 3600
 
     _submit_and_wait_running(worker_env, rtsp_server.url, redis_server, "cam-t")
     worker.process.send_signal(signal.SIGTERM)

@@ -118,12 +118,16 @@ class FaceAnswerer:
         """One event per answer of one finished request of `job`, made now; with
         thumbnails on, the first carries the window's best crop (the person's latest face)."""
         now_s = time.time()
+        # One thumbnail per window: on the first event of its first request (the clip's
+        # when it asks a video task, else the image's).
+        asks_video = any(TASK_MODALITY[t] == "video" for t in job.tasks)
+        first_request = result.key[-1] == ("video" if asks_video else "image")
         events = []
         for answer in result.answers:
             task = answer.question.task
             assert task is not None  # requests_for always sets it
             event = self._event(job, Task(task), answer.text, answer.stop_reason, now_s)
-            if self.thumbnails and not events:
+            if self.thumbnails and first_request and not events:
                 event = event.with_thumbnail(encode_thumbnail(job.request.image.crop_rgb))
             events.append(event)
         return events
