@@ -233,10 +233,11 @@ def _run_streams(
     video: Path,
 ) -> RunFigures:
     """Run `count` streams for `args.seconds` through fresh stages around the shared models."""
+    from worker.admission import Admission
     from worker.detection import DetectionStage
     from worker.intake import StreamRecord, StreamTable
     from worker.metrics import Metrics
-    from worker.model_stage import EngineWindows, ModelStage, static_task_policy
+    from worker.model_stage import EngineWindows, ModelStage
     from worker.scheduler import WindowQueue
     from worker.specs import StreamSpec
 
@@ -245,22 +246,16 @@ def _run_streams(
     metrics = Metrics()
     sink = LatencySink()
     wake = threading.Event()
-    detection = DetectionStage(
+    detection = DetectionStage.from_settings(
+        settings,
         detector,  # type: ignore[arg-type]
         streams,
         queue,
         metrics,
-        max_batch=settings.detector.max_batch,
         wake=wake,
+        admission=Admission.from_settings(settings.scheduler),
     )
-    model = ModelStage(
-        EngineWindows(answerer),
-        queue,
-        sink,
-        metrics,
-        batch_wait_s=settings.scheduler.batch_wait_ms / 1000,
-        static_tasks=static_task_policy(settings),
-    )
+    model = ModelStage.from_settings(settings, EngineWindows(answerer), queue, sink, metrics)
     url = args.url or str(video.resolve())
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     loops = [0] * count
