@@ -78,6 +78,7 @@ def test_repeated_assignment_value_keeps_the_record_that_started_the_run() -> No
 
 
 def test_window_job_carries_session_and_labels_from_the_stream_record() -> None:
+    from worker.admission import Admission
     from worker.detection import DetectionStage
 
     settings = Settings()
@@ -85,7 +86,16 @@ def test_window_job_carries_session_and_labels_from_the_stream_record() -> None:
     record = StreamRecord.running(spec, settings)
     streams, queue = StreamTable(), WindowQueue(8, 30.0)
     streams.put(record)
-    stage = DetectionStage(None, streams, queue, Metrics(), max_batch=1, wake=None)  # type: ignore[arg-type]
+    admission = Admission.from_settings(settings.scheduler)
+    stage = DetectionStage.from_settings(
+        settings,
+        None,  # type: ignore[arg-type]
+        streams,
+        queue,
+        Metrics(),
+        wake=None,  # type: ignore[arg-type]
+        admission=admission,
+    )
     stage.enqueue(record, [_window_requests("cam-1", 3)])
     (job,) = queue.take(1, 0.0, 0.1)
     assert job.session == record.session and job.session
