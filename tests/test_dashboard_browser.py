@@ -39,11 +39,10 @@ def test_page_shows_live_stream_people_events_and_state_changes(
     start_worker,
     worker_env,
     rtsp_server,
-    redis_server,
+    worker_output,
     tmp_path: Path,
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w-dash", FACESTREAM_REDIS__THUMBNAILS="true")
     port = free_port()
     log = open(tmp_path / "dashboard.log", "w")  # noqa: SIM115 - closed below

@@ -272,14 +272,13 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
     start_worker,
     worker_env,
     rtsp_server,
-    redis_server,
+    worker_output,
     giant_clip,
     monkeypatch,
 ) -> None:
     # One giant frame decodes in ~1 s here; three streams of eight plus a camera, on a busy
     # 2-core machine.
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     tuning = {
         "FACESTREAM_SOURCE__ALLOW_FILE": "true",
         "FACESTREAM_SOURCE__MAX_PIXELS": str(1920 * 1080),
@@ -339,10 +338,9 @@ def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_re
     start_worker,
     worker_env,
     rtsp_server,
-    redis_server,
+    worker_output,
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     # Plan for 8 frames/s at most (less if it measures less): one 5-fps stream fits the
     # 90 % bar (7.2 frames/s), two do not; this machine's detector, shared with the model
     # stage and the other tests, measures anywhere from 4 to 40 frames/s.

@@ -24,7 +24,7 @@ from tests.services.kafka_broker import KafkaTestBroker
 from tests.services.redis_server import RedisServer
 from tests.test_status_tail_cli import PREFIX, facestream, seed
 from tests.test_worker import _record
-from tests.workers import SESSION_TIMEOUT_MS, submit, wait_for
+from tests.workers import SESSION_TIMEOUT_MS, stop_stream, submit, wait_for
 from worker.commands.status import read_statuses
 from worker.desired import DesiredSet, Fold
 from worker.liveness import WorkerLiveness
@@ -197,8 +197,7 @@ def test_status_shows_detection_rate_tasks_labels_then_stopped_and_released(
     assert "emotion,age" in row and "site=lobby" in row
 
     stopped_at = time.time()
-    subprocess.run([sys.executable, "-m", "worker.cli", "stop", "cam-s"], env=worker_env,
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    stop_stream(worker_env, "cam-s")
     wait_for(lambda: _entry(redis_server, prefix, "cam-s").state == "stopped", 30, "stopped")
     shown = _status_json(worker_env, "cam-s")
     assert shown["updated_s"] >= stopped_at - 1 and "tombstone" in shown["reason"]

@@ -298,10 +298,9 @@ def test_signal_while_loading_models_exits_zero_at_once(
 
 
 def test_submitted_camera_yields_complete_events_person_hash_and_status(
-    start_worker, worker_env, rtsp_server, redis_server
+    start_worker, worker_env, rtsp_server, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
     secret_url = rtsp_server.url_with_credentials("admin", "s3cr3t-pw")
@@ -362,10 +361,9 @@ def test_submitted_camera_yields_complete_events_person_hash_and_status(
 
 
 def test_sigterm_exits_zero_within_grace_with_only_whole_events(
-    start_worker, worker_env, rtsp_server, redis_server
+    start_worker, worker_env, rtsp_server, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
     submit(worker_env, rtsp_server.url, "cam-term", "--tasks", "emotion")
@@ -396,10 +394,9 @@ def _ids_on_distinct_partitions(count: int, partitions: int) -> list[str]:
 
 
 def test_streams_move_to_survivor_when_worker_is_killed_without_duplicate_events(
-    start_worker, worker_env, rtsp_server_factory, hamilton_mp4, redis_server
+    start_worker, worker_env, rtsp_server_factory, hamilton_mp4, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     w1 = start_worker("w1")
     w2 = start_worker("w2")
     w1.wait_ready()
@@ -440,10 +437,9 @@ def test_streams_move_to_survivor_when_worker_is_killed_without_duplicate_events
 
 
 def test_hostile_urls_are_refused_with_error_status_and_nothing_opened(
-    start_worker, worker_env, kafka_topics, redis_server
+    start_worker, worker_env, kafka_topics, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
     hostile = {
@@ -474,10 +470,9 @@ def test_hostile_urls_are_refused_with_error_status_and_nothing_opened(
 
 
 def test_file_that_ends_is_marked_done_and_tombstoned(
-    start_worker, worker_env, kafka_topics, redis_server, testdata
+    start_worker, worker_env, kafka_topics, worker_output, testdata
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1", FACESTREAM_SOURCE__ALLOW_FILE="true")
     worker.wait_ready()
     clip = testdata / "videos" / "facellava_facial_expr_example_2.mp4"
@@ -529,12 +524,11 @@ def test_worker_survives_redis_outage_and_events_resume(
 
 
 def test_worker_survives_200_malformed_records_and_sends_each_to_the_dlq(
-    start_worker, worker_env, kafka_topics, redis_server
+    start_worker, worker_env, kafka_topics, worker_output
 ) -> None:
     from tests.test_assignments import malformed_record
 
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
     rng = random.Random(26112026)

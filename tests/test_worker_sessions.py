@@ -138,10 +138,9 @@ def test_file_rerun_after_a_failover_repeats_its_ids_and_the_repeats_are_suppres
     start_worker,
     worker_env,
     hamilton_mp4,
-    redis_server,
+    worker_output,
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     env = {"FACESTREAM_SOURCE__ALLOW_FILE": "true", "FACESTREAM_SOURCE__REALTIME": "true"}
     first = start_worker("w-a", **env)
     second = start_worker("w-b", **env)

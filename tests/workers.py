@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import redis
@@ -165,3 +166,16 @@ def wait_for(
 def stream_status(client: redis.Redis, prefix: str, stream_id: str) -> dict[str, str]:
     """The status hash of one stream (empty when there is none)."""
     return client.hgetall(RedisKeys(prefix).stream(stream_id))
+
+
+class WorkerOutput(NamedTuple):
+    """Where the workers of one test write: their Redis key prefix, and a client."""
+
+    prefix: str
+    client: redis.Redis
+
+
+@pytest.fixture
+def worker_output(worker_env: dict[str, str], redis_server) -> WorkerOutput:
+    """The Redis prefix of `worker_env` and a client of the test's redis-server."""
+    return WorkerOutput(worker_env["FACESTREAM_REDIS__PREFIX"], redis_server.client())
