@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from worker.commands import add_command
 from worker.commands.detect import CLI_GIVE_UP_AFTER_FAILURES
@@ -379,8 +379,12 @@ def analyze_queue_frames(frame_pixels: int) -> int:
     return max(2, min(ANALYZE_QUEUE_FRAMES, ANALYZE_QUEUE_BYTES // (frame_pixels * 3)))
 
 
-def _file_frame_pixels(source_url: str) -> int | None:
-    """Width × height of a local file's video (from its header); None for URLs or unknown."""
+_T = TypeVar("_T")
+
+
+def _probe_local_file(source_url: str, read: Callable[[Any], _T | None]) -> _T | None:
+    """`read(container)` on a local file's header; None for URLs, missing files and files
+    FFmpeg cannot open."""
     path = Path(source_url.removeprefix("file:"))
     if "://" in source_url or not path.is_file():
         return None
@@ -388,12 +392,21 @@ def _file_frame_pixels(source_url: str) -> int | None:
 
     try:
         with av.open(str(path)) as container:
-            if container.streams.video:
-                context = container.streams.video[0].codec_context
-                return int(context.width * context.height) or None
+            return read(container)
     except av.FFmpegError:
         return None
-    return None
+
+
+def _file_frame_pixels(source_url: str) -> int | None:
+    """Width × height of a local file's video (from its header); None for URLs or unknown."""
+
+    def pixels(container: Any) -> int | None:
+        if not container.streams.video:
+            return None
+        context = container.streams.video[0].codec_context
+        return int(context.width * context.height) or None
+
+    return _probe_local_file(source_url, pixels)
 
 
 def share_cpu_with_decoder(settings: Settings, source_is_live: bool) -> None:
@@ -417,15 +430,8 @@ def share_cpu_with_decoder(settings: Settings, source_is_live: bool) -> None:
 
 def _file_duration_s(source_url: str) -> float | None:
     """Duration of a local file (for the progress bar); None for URLs or when unknown."""
-    path = Path(source_url.removeprefix("file:"))
-    if "://" in source_url or not path.is_file():
-        return None
-    import av
 
-    try:
-        with av.open(str(path)) as container:
-            if container.duration is not None:
-                return container.duration / 1_000_000
-    except av.FFmpegError:
-        return None
-    return None
+    def duration_s(container: Any) -> float | None:
+        return None if container.duration is None else container.duration / 1_000_000
+
+    return _probe_local_file(source_url, duration_s)
