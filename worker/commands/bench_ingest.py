@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ingest.sources import SourceOptions
     from models.retinaface import DetectorOptions, RetinaFaceDetector
     from models.weights import WeightsError
-    from worker.commands.analyze import share_cpu_with_decoder
+    from worker.commands.local_video import share_cpu_with_decoder
     from worker.logs import configure_logging
     from worker.settings import Settings
 
