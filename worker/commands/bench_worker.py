@@ -167,7 +167,7 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
     from models.facellava.prompts import PromptTokenizer
     from models.retinaface import RetinaFaceDetector
     from worker.answering import FaceAnswerer
-    from worker.commands.bench_model import _fixture_checkpoint, random_model, shape_config
+    from worker.commands.bench_shapes import fixture_checkpoint, random_model, shape_config
     from worker.commands.facellava_common import (
         load_for_cli,
         model_options,
@@ -190,7 +190,7 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
     else:
         dtype = resolve_dtype(args, options, device)
         options = options.model_copy(update={"dtype": dtype})
-        tokenizer = PromptTokenizer(args.tokenizer or str(_fixture_checkpoint()))
+        tokenizer = PromptTokenizer(args.tokenizer or str(fixture_checkpoint()))
         model = random_model(
             shape_config(args.config), dtype, device, options.attn_implementation, args.seed
         )
