@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 import structlog
 
-from worker.dashboard.hub import DashboardHub, EntryId, sse_message
+from worker.dashboard.feed import EntryId, sse_message
+from worker.dashboard.hub import DashboardHub
 from worker.http_thread import HttpThread
 
 log = structlog.get_logger(__name__)
