@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.services.redis_server",
     "tests.services.rtsp",
     "tests.services.kafka_broker",
+    "tests.workers",
 ]
 
 

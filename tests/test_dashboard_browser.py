@@ -14,20 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.services.browser import Browser, browser  # noqa: F401 - fixture
-from tests.test_worker import _submit, _wait_for, start_worker, worker_env  # noqa: F401
+from tests.services.kafka_broker import free_port
+from tests.workers import submit, wait_for
 from worker.dashboard.sse_client import SseConnection
 from worker.redis_keys import RedisKeys
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.services, pytest.mark.slow]
 HOSTILE = '<img src=x onerror="window.__xss=1">'
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _js(value: object) -> str:
@@ -43,16 +36,15 @@ def _artifacts(tmp_path: Path) -> Path:
 
 def test_page_shows_live_stream_people_events_and_state_changes(
     browser: Browser,  # noqa: F811
-    start_worker,  # noqa: F811
-    worker_env,  # noqa: F811
+    start_worker,
+    worker_env,
     rtsp_server,
-    redis_server,
+    worker_output,
     tmp_path: Path,
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w-dash", FACESTREAM_REDIS__THUMBNAILS="true")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "dashboard.log", "w")  # noqa: SIM115 - closed below
     dashboard = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "dashboard", "--port", str(port)],
@@ -63,14 +55,14 @@ def test_page_shows_live_stream_people_events_and_state_changes(
     shots = _artifacts(tmp_path)
     try:
         worker.wait_ready()
-        _submit(worker_env, rtsp_server.url, "cam-1", "--tasks", "emotion,age")
+        submit(worker_env, rtsp_server.url, "cam-1", "--tasks", "emotion,age")
         # A stream written by a newer facestream: unknown state and fields, hostile text.
         client.hset(
             RedisKeys(prefix).stream("odd-cam"),
             mapping={"state": "quarantined", "error": HOSTILE, "gpu_temp_c": "71"},
         )
         client.sadd(f"{prefix}:streams", "odd-cam")
-        _wait_for(lambda: client.xlen(f"{prefix}:events") > 0, 150, "a first event")
+        wait_for(lambda: client.xlen(f"{prefix}:events") > 0, 150, "a first event")
 
         browser.call("goto", url=f"http://127.0.0.1:{port}/")
         browser.wait_for(
@@ -91,9 +83,7 @@ def test_page_shows_live_stream_people_events_and_state_changes(
             if name in ("emotion", "age")
         }
         assert any(text.strip("“”") in person_answers for text in answers), answers
-        browser.wait_for(
-            "return document.querySelector('.person .age').textContent !== '—';", 30
-        )
+        browser.wait_for("return document.querySelector('.person .age').textContent !== '—';", 30)
         # Thumbnails are on for this worker: the person's face shows, served as a JPEG.
         size = browser.wait_for(
             "const i = document.querySelector('.person[data-stream=\"cam-1\"] img.thumb');"
@@ -157,14 +147,20 @@ def test_page_reconnects_after_the_dashboard_restarts_and_resumes_the_feed(
     from worker.settings import RedisSettings
 
     settings = RedisSettings(url=redis_server.url, prefix="reco")
-    port = _free_port()
-    env = {**os.environ, "FACESTREAM_REDIS__URL": redis_server.url,
-           "FACESTREAM_REDIS__PREFIX": "reco", "FACESTREAM_LOG_FORMAT": "json"}
+    port = free_port()
+    env = {
+        **os.environ,
+        "FACESTREAM_REDIS__URL": redis_server.url,
+        "FACESTREAM_REDIS__PREFIX": "reco",
+        "FACESTREAM_LOG_FORMAT": "json",
+    }
 
     def start() -> subprocess.Popen:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "dashboard", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -178,12 +174,20 @@ def test_page_reconnects_after_the_dashboard_restarts_and_resumes_the_feed(
     def event(n: int) -> FaceEvent:
         now = time.time()
         return FaceEvent(
-            event_id=event_id_for("cam-x", 1, float(n), "emotion"), stream_id="cam-x",
-            track_id=1, task="emotion",
+            event_id=event_id_for("cam-x", 1, float(n), "emotion"),
+            stream_id="cam-x",
+            track_id=1,
+            task="emotion",
             result={"kind": "emotion", "label": "neutral", "matched_text": "neutral"},
-            answer_text=f"answer {n}", window_start_s=float(n), window_end_s=n + 2.0,
-            wall_time_s=now, frame_wall_time_s=now, box_xyxy=(0.0, 0.0, 9.0, 9.0),
-            detector_score=0.9, model_id="m", worker_id="w",
+            answer_text=f"answer {n}",
+            window_start_s=float(n),
+            window_end_s=n + 2.0,
+            wall_time_s=now,
+            frame_wall_time_s=now,
+            box_xyxy=(0.0, 0.0, 9.0, 9.0),
+            detector_score=0.9,
+            model_id="m",
+            worker_id="w",
         )
 
     proc = start()

@@ -86,14 +86,15 @@ def test_window_job_carries_session_and_labels_from_the_stream_record() -> None:
     record = StreamRecord.running(spec, settings)
     streams, queue = StreamTable(), WindowQueue(8, 30.0)
     streams.put(record)
-    stage = DetectionStage(
+    admission = Admission.from_settings(settings.scheduler)
+    stage = DetectionStage.from_settings(
+        settings,
         None,  # type: ignore[arg-type]
         streams,
         queue,
         Metrics(),
-        max_batch=1,
         wake=None,  # type: ignore[arg-type]
-        admission=Admission(0.9),
+        admission=admission,
     )
     stage.enqueue(record, [_window_requests("cam-1", 3)])
     (job,) = queue.take(1, 0.0, 0.1)

@@ -12,6 +12,7 @@ import pytest
 from tests.services.kafka_broker import KafkaTestBroker, free_port, unique_name
 from tests.services.redis_server import RedisServer
 from tests.test_publisher import make_event, settings_for, stream_events
+from tests.workers import wait_for
 from worker.kafka_events import KafkaEventMirror
 from worker.publisher import EventPublisher
 from worker.settings import KafkaSettings
@@ -28,16 +29,6 @@ def _kafka_settings(bootstrap: str, topic: str, **overrides: object) -> KafkaSet
         retry_max_s=1.0,
         **overrides,
     )
-
-
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_every_event_goes_to_redis_and_the_topic_with_the_same_json_and_stream_key(
@@ -113,8 +104,11 @@ def test_broker_down_never_holds_up_redis_and_the_buffer_is_sent_when_it_is_back
             started = time.monotonic()
             for event in down:
                 publisher.publish(event)
-            _wait_for(
-                lambda: len(stream_events(client, "fs-test:events")) == 33, 10, "Redis writes"
+            wait_for(
+                lambda: len(stream_events(client, "fs-test:events")) == 33,
+                10,
+                "Redis writes",
+                poll_s=0.2,
             )
             redis_s = time.monotonic() - started
             assert redis_s < 5, f"Redis waited for Kafka: {redis_s:.1f}s"

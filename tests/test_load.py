@@ -20,14 +20,7 @@ import pytest
 from ingest.sources import SourceOptions, VideoSource
 from models.facellava.engine import AUTO_MAX_VISUALS
 from tests.media import write_gradient_clip
-from tests.test_worker import (  # noqa: F401 - fixtures used by the worker tests below
-    _events,
-    _status,
-    _submit,
-    _wait_for,
-    start_worker,
-    worker_env,
-)
+from tests.workers import read_events, stream_status, submit, wait_for
 from worker.admission import MIN_FRAMES_MEASURED, SETTLE_S, Admission
 from worker.intake import StreamRecord
 from worker.scheduler import WindowJob, WindowQueue
@@ -53,7 +46,7 @@ def test_file_source_queue_holds_no_more_bytes_than_queue_bytes(tmp_path: Path) 
     source.start()
     try:
         # Nothing takes: the file fills its queue and waits. The byte bound binds first.
-        _wait_for(lambda: source.waiting >= 2, 30, "frames queued")
+        wait_for(lambda: source.waiting >= 2, 30, "frames queued")
         time.sleep(1.0)
         assert source.waiting == 2
         assert source.waiting_bytes == 2 * frame_bytes
@@ -280,17 +273,16 @@ def giant_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_keeps_producing(
-    start_worker,  # noqa: F811 - the fixture imported above
-    worker_env,  # noqa: F811
+    start_worker,
+    worker_env,
     rtsp_server,
-    redis_server,
+    worker_output,
     giant_clip,
     monkeypatch,
 ) -> None:
     # One giant frame decodes in ~1 s here; three streams of eight plus a camera, on a busy
     # 2-core machine.
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     tuning = {
         "FACESTREAM_SOURCE__ALLOW_FILE": "true",
         "FACESTREAM_SOURCE__MAX_PIXELS": str(1920 * 1080),
@@ -300,29 +292,29 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
     }
     worker = start_worker("w-mem", **tuning)
     worker.wait_ready()
-    _submit(worker_env, rtsp_server.url, "cam-normal", "--tasks", "emotion")
-    _wait_for(lambda: _events(client, prefix), 150, "a first event of the camera")
+    submit(worker_env, rtsp_server.url, "cam-normal", "--tasks", "emotion")
+    wait_for(lambda: read_events(client, prefix), 150, "a first event of the camera")
     baseline = _proc_status_bytes(worker.process.pid, "VmRSS")
 
     giants = [f"giant-{i}" for i in range(3)]
     giants_started_s = time.time()
     for stream_id in giants:
-        _submit(worker_env, str(giant_clip), stream_id, "--allow-file")
+        submit(worker_env, str(giant_clip), stream_id, "--allow-file")
 
     def all_done() -> bool:
-        return all(_status(client, prefix, s).get("state") == "done" for s in giants)
+        return all(stream_status(client, prefix, s).get("state") == "done" for s in giants)
 
-    _wait_for(all_done, 240, "the giant streams to be read to the end")
+    wait_for(all_done, 240, "the giant streams to be read to the end")
     peak = _proc_status_bytes(worker.process.pid, "VmHWM")
 
     # The camera kept producing: an event of a frame decoded while the giants were read.
     def fresh_camera_event() -> bool:
         return any(
             e.stream_id == "cam-normal" and e.frame_wall_time_s > giants_started_s
-            for e in _events(client, prefix)
+            for e in read_events(client, prefix)
         )
 
-    _wait_for(fresh_camera_event, 150, "an event of the camera from after the giants came")
+    wait_for(fresh_camera_event, 150, "an event of the camera from after the giants came")
     assert worker.get("/healthz")[0] == 200
 
     # The bound comes from the settings the worker ran with.
@@ -347,13 +339,12 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
 
 
 def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_rest(
-    start_worker,  # noqa: F811 - the fixture imported above
-    worker_env,  # noqa: F811
+    start_worker,
+    worker_env,
     rtsp_server,
-    redis_server,
+    worker_output,
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     # Plan for 8 frames/s at most (less if it measures less): one 5-fps stream fits the
     # 90 % bar (7.2 frames/s), two do not; this machine's detector, shared with the model
     # stage and the other tests, measures anywhere from 4 to 40 frames/s.
@@ -361,21 +352,21 @@ def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_re
     worker.wait_ready()
     stream_ids = [f"cam-{i}" for i in range(4)]
     for stream_id in stream_ids:  # one after the other: the start order is known
-        _submit(worker_env, rtsp_server.url, stream_id, "--tasks", "emotion")
-        _wait_for(lambda s=stream_id: _status(client, prefix, s), 30, f"{stream_id} started")
+        submit(worker_env, rtsp_server.url, stream_id, "--tasks", "emotion")
+        wait_for(lambda s=stream_id: stream_status(client, prefix, s), 30, f"{stream_id} started")
 
     def settled() -> list[str] | None:
-        states = [_status(client, prefix, s).get("state") for s in stream_ids]
+        states = [stream_status(client, prefix, s).get("state") for s in stream_ids]
         if states.count("degraded") >= 3 and states.count("running") >= 1:
             return states
         return None
 
-    states = _wait_for(settled, 120, "the newest streams degraded, the first running")
+    states = wait_for(settled, 120, "the newest streams degraded, the first running")
     served = [s for s, state in zip(stream_ids, states, strict=True) if state == "running"]
     assert served == stream_ids[:1], states  # the first one in start order
     shed = stream_ids[1:]
     for stream_id in shed:
-        status = _status(client, prefix, stream_id)
+        status = stream_status(client, prefix, stream_id)
         assert status["state"] == "degraded"
         assert "shed: the detector is at capacity" in status["error"]
 
@@ -398,10 +389,10 @@ def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_re
     since_s = time.time()
 
     def fresh_events_of_served() -> bool:
-        fresh = {e.stream_id for e in _events(client, prefix) if e.frame_wall_time_s > since_s}
+        fresh = {e.stream_id for e in read_events(client, prefix) if e.frame_wall_time_s > since_s}
         return set(served) <= fresh
 
-    _wait_for(fresh_events_of_served, 180, "new events of every served stream")
+    wait_for(fresh_events_of_served, 180, "new events of every served stream")
     assert {s: detected(s) for s in shed} == before
-    assert all(_status(client, prefix, s)["state"] == "degraded" for s in shed)
+    assert all(stream_status(client, prefix, s)["state"] == "degraded" for s in shed)
     assert worker.get("/healthz")[0] == 200

@@ -203,18 +203,22 @@ def test_repeat_limiter_says_how_many_it_suppressed() -> None:
     assert len(limiter._seen) == 4
 
 
-def test_submit_with_kafka_down_prints_one_useful_line() -> None:
-    port = free_port()
-    completed = facestream(
+def _submit_lobby(bootstrap_servers: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`facestream submit` of one valid camera to the brokers at `bootstrap_servers`."""
+    return facestream(
         "submit",
         "rtsp://cam.example/live",
         "--stream-id",
         "lobby",
         "--bootstrap-servers",
-        f"127.0.0.1:{port}",
-        "--timeout-s",
-        "2",
+        bootstrap_servers,
+        *extra,
     )
+
+
+def test_submit_with_kafka_down_prints_one_useful_line() -> None:
+    port = free_port()
+    completed = _submit_lobby(f"127.0.0.1:{port}", "--timeout-s", "2")
     assert completed.returncode == 1
     lines = completed.stderr.splitlines()
     assert len(lines) == 1, completed.stderr
@@ -226,12 +230,7 @@ def test_submit_with_kafka_down_prints_one_useful_line() -> None:
 def test_submit_to_a_0_9_broker_without_api_version_names_the_setting(
     kafka_topics: KafkaTopics,
 ) -> None:
-    completed = facestream(
-        "submit",
-        "rtsp://cam.example/live",
-        "--stream-id",
-        "lobby",
-        "--bootstrap-servers",
+    completed = _submit_lobby(
         kafka_topics.broker.bootstrap_servers,
         "--topic",
         kafka_topics.topic,

@@ -23,7 +23,8 @@ import tests.test_worker as worker_tests
 from tests.services.kafka_broker import KafkaTestBroker
 from tests.services.redis_server import RedisServer
 from tests.test_status_tail_cli import PREFIX, facestream, seed
-from tests.test_worker import SESSION_TIMEOUT_MS, _record, _submit, _wait_for
+from tests.test_worker import _record
+from tests.workers import SESSION_TIMEOUT_MS, stop_stream, submit, wait_for
 from worker.commands.status import read_statuses
 from worker.desired import DesiredSet, Fold
 from worker.liveness import WorkerLiveness
@@ -35,10 +36,9 @@ from worker.watcher import DesiredChange
 
 pytestmark = pytest.mark.timeout(300)
 
-# The worker fixtures of tests/test_worker.py, shared.
+# The unit-test worker of tests/test_worker.py, shared (`start_worker` and `worker_env`
+# come from the `tests.workers` plugin).
 bare_worker = worker_tests.bare_worker
-start_worker = worker_tests.start_worker
-worker_env = worker_tests.worker_env
 
 
 def _status_json(env: dict[str, str], stream_id: str) -> dict:
@@ -63,9 +63,9 @@ def _entry(redis_server: RedisServer, prefix: str, stream_id: str):
 def _submit_and_wait_running(
     env: dict[str, str], url: str, redis_server: RedisServer, stream_id: str, *extra: str
 ) -> None:
-    _submit(env, url, stream_id, *extra)
+    submit(env, url, stream_id, *extra)
     prefix = env["FACESTREAM_REDIS__PREFIX"]
-    _wait_for(
+    wait_for(
         lambda: (e := _entry(redis_server, prefix, stream_id)) and e.state == "running",
         150,
         f"{stream_id} running",
@@ -197,9 +197,8 @@ def test_status_shows_detection_rate_tasks_labels_then_stopped_and_released(
     assert "emotion,age" in row and "site=lobby" in row
 
     stopped_at = time.time()
-    subprocess.run([sys.executable, "-m", "worker.cli", "stop", "cam-s"], env=worker_env,
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
-    _wait_for(lambda: _entry(redis_server, prefix, "cam-s").state == "stopped", 30, "stopped")
+    stop_stream(worker_env, "cam-s")
+    wait_for(lambda: _entry(redis_server, prefix, "cam-s").state == "stopped", 30, "stopped")
     shown = _status_json(worker_env, "cam-s")
     assert shown["updated_s"] >= stopped_at - 1 and "tombstone" in shown["reason"]
     assert shown["labels"] == {"site": "lobby"} and shown["fps"] is None
@@ -225,7 +224,7 @@ def test_status_says_owner_gone_within_session_timeout_after_sigkill(
     worker.process.send_signal(signal.SIGKILL)
     worker.process.wait(10)
     killed_at = time.monotonic()
-    _wait_for(lambda: _entry(redis_server, prefix, "cam-k").state == "owner_gone",
+    wait_for(lambda: _entry(redis_server, prefix, "cam-k").state == "owner_gone",
               SESSION_TIMEOUT_MS / 1000 + 10, "owner_gone")  # fmt: skip
     gone_after_s = time.monotonic() - killed_at
     print(f"owner_gone shown {gone_after_s:.1f} s after SIGKILL")
@@ -260,9 +259,9 @@ def test_missing_assignments_topic_is_not_ready_and_said_once_per_interval(
         except OSError:  # not listening yet
             return 0, ""
 
-    _wait_for(lambda: get("/healthz") == (200, "ok\n"), 120, "models loaded")
+    wait_for(lambda: get("/healthz") == (200, "ok\n"), 120, "models loaded")
     started = time.monotonic()
-    _wait_for(lambda: topic in worker.get("/readyz")[1], 60, "readiness naming the topic")
+    wait_for(lambda: topic in worker.get("/readyz")[1], 60, "readiness naming the topic")
     code, body = worker.get("/readyz")
     assert code == 503 and "topic_missing" in body and "does not exist" in body
     time.sleep(max(0.0, 25 - (time.monotonic() - started)))
@@ -278,4 +277,4 @@ def test_missing_assignments_topic_is_not_ready_and_said_once_per_interval(
     assert len(kafka_lines) <= 3 * (elapsed_s / 10 + 2)  # kafka-python's own, rate-limited
 
     broker_without_auto_create.create_topic(topic, 1)
-    _wait_for(lambda: worker.get("/readyz")[0] == 200, 60, "ready once the topic exists")
+    wait_for(lambda: worker.get("/readyz")[0] == 200, 60, "ready once the topic exists")

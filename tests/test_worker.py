@@ -1,8 +1,8 @@
 """`facestream worker` end to end: real Kafka 0.9, real Redis, real RTSP, real RetinaFace
 weights, the tiny Face-LLaVA fixture checkpoint (the 7B model needs a GPU), real video.
 
-Workers run as subprocesses, exactly as Kubernetes runs them, so SIGTERM and SIGKILL
-are real.
+Workers run as subprocesses (`tests.workers`), exactly as Kubernetes runs them, so
+SIGTERM and SIGKILL are real.
 """
 
 from __future__ import annotations
@@ -11,23 +11,18 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import redis
 
 from ingest.sources import SourceState
 from models.facellava.tasks import Task
+from tests.workers import SESSION_TIMEOUT_MS, read_events, stream_status, submit, wait_for
 from worker.detection import DETECTOR_FAILURES_IN_ROW
-from worker.events import FaceEvent, event_id_for
+from worker.events import event_id_for
 from worker.intake import StreamRecord
 from worker.model_stage import MODEL_FAILURES_IN_ROW, ModelStage
 from worker.redis_keys import RedisKeys
@@ -39,138 +34,6 @@ from worker.status import StreamState, StreamStatus
 from worker.watcher import DesiredChange
 
 pytestmark = pytest.mark.timeout(240)
-
-SESSION_TIMEOUT_MS = 6000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class WorkerProcess:
-    """One `facestream worker` subprocess with its own HTTP port and log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = _free_port()
-        self.env = {**env, "FACESTREAM_HTTP__PORT": str(self.port)}
-        self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def wait_ready(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"worker exited early:\n{self.logs()[-3000:]}"
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready in {timeout_s}s:\n{self.logs()[-3000:]}")
-
-    def logs(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log.close()
-
-
-@pytest.fixture
-def worker_env(testdata: Path, mnet_weights: Path, kafka_topics, redis_server) -> dict[str, str]:
-    tiny = testdata / "facellava-tiny"
-    prefix = f"t{os.getpid()}{time.monotonic_ns() % 100000}"
-    return {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "FACESTREAM_LOG_FORMAT": "json",
-        "FACESTREAM_GRACE_S": "15",
-        "FACESTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka_topics.broker.bootstrap_servers,
-        "FACESTREAM_KAFKA__TOPIC": kafka_topics.topic,
-        "FACESTREAM_KAFKA__DLQ_TOPIC": kafka_topics.dlq_topic,
-        "FACESTREAM_KAFKA__GROUP_ID": kafka_topics.group_id,
-        "FACESTREAM_KAFKA__API_VERSION": "0.9",
-        "FACESTREAM_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-        "FACESTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-        "FACESTREAM_REDIS__URL": redis_server.url,
-        "FACESTREAM_REDIS__PREFIX": prefix,
-        "FACESTREAM_HTTP__HOST": "127.0.0.1",
-        "FACESTREAM_DETECTOR__WEIGHTS": str(mnet_weights),
-        "FACESTREAM_DETECTOR__DEVICE": "cpu",
-        "FACESTREAM_MODEL__MODEL": str(tiny / "checkpoint"),
-        "FACESTREAM_MODEL__DTYPE": "float32",
-        "FACESTREAM_MODEL__DEVICE": "cpu",
-        "FACESTREAM_MODEL__HF_OFFLINE": "true",
-        "FACESTREAM_MODEL__HF_CACHE_DIR": str(tiny / "hf_cache"),
-        "FACESTREAM_MODEL__MAX_NEW_TOKENS": "12",
-        "FACESTREAM_SOURCE__SAMPLE_FPS": "5",
-        "FACESTREAM_SOURCE__STALL_TIMEOUT_S": "5",
-    }
-
-
-@pytest.fixture
-def start_worker(
-    worker_env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(worker_id: str, **extra_env: str) -> WorkerProcess:
-        env = {**worker_env, "FACESTREAM_WORKER_ID": worker_id, **extra_env}
-        proc = WorkerProcess(env, tmp_path / f"{worker_id}.log")
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-
-
-def _submit(env: dict[str, str], url: str, stream_id: str, *extra: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "worker.cli", "submit", url, "--stream-id", stream_id, *extra],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def _events(client: redis.Redis, prefix: str) -> list[FaceEvent]:
-    entries = client.xrange(f"{prefix}:events")
-    return [FaceEvent.model_validate_json(fields["event"]) for _id, fields in entries]
-
-
-def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def _status(client: redis.Redis, prefix: str, stream_id: str) -> dict[str, str]:
-    return client.hgetall(RedisKeys(prefix).stream(stream_id))
-
 
 # -- the service's own logic, without services (fast) ---------------------------------------
 
@@ -435,18 +298,17 @@ def test_signal_while_loading_models_exits_zero_at_once(
 
 
 def test_submitted_camera_yields_complete_events_person_hash_and_status(
-    start_worker, worker_env, rtsp_server, redis_server
+    start_worker, worker_env, rtsp_server, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
     secret_url = rtsp_server.url_with_credentials("admin", "s3cr3t-pw")
-    _submit(worker_env, secret_url, "cam-1", "--tasks", "emotion,age")
+    submit(worker_env, secret_url, "cam-1", "--tasks", "emotion,age")
 
-    events = _wait_for(
+    events = wait_for(
         lambda: (lambda evs: evs if {e.task for e in evs} >= {"emotion", "age"} else None)(
-            _events(client, prefix)
+            read_events(client, prefix)
         ),
         150,
         "emotion and age events",
@@ -471,8 +333,8 @@ def test_submitted_camera_yields_complete_events_person_hash_and_status(
     assert person, "person hash missing"
     assert 0 < client.ttl(person_key) <= 30
 
-    status = _wait_for(
-        lambda: (s := _status(client, prefix, "cam-1")).get("state") == "running" and s,
+    status = wait_for(
+        lambda: (s := stream_status(client, prefix, "cam-1")).get("state") == "running" and s,
         30,
         "running status",
     )
@@ -499,14 +361,13 @@ def test_submitted_camera_yields_complete_events_person_hash_and_status(
 
 
 def test_sigterm_exits_zero_within_grace_with_only_whole_events(
-    start_worker, worker_env, rtsp_server, redis_server
+    start_worker, worker_env, rtsp_server, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
-    _submit(worker_env, rtsp_server.url, "cam-term", "--tasks", "emotion")
-    _wait_for(lambda: _events(client, prefix), 150, "a first event")
+    submit(worker_env, rtsp_server.url, "cam-term", "--tasks", "emotion")
+    wait_for(lambda: read_events(client, prefix), 150, "a first event")
 
     started = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
@@ -514,7 +375,7 @@ def test_sigterm_exits_zero_within_grace_with_only_whole_events(
     elapsed = time.monotonic() - started
     assert code == 0, worker.logs()[-3000:]
     assert elapsed <= float(worker_env["FACESTREAM_GRACE_S"]) + 5
-    events = _events(client, prefix)  # every entry parses: nothing half-written
+    events = read_events(client, prefix)  # every entry parses: nothing half-written
     assert len({e.event_id for e in events}) == len(events)
     assert '"stopped"' in worker.logs()
 
@@ -533,10 +394,9 @@ def _ids_on_distinct_partitions(count: int, partitions: int) -> list[str]:
 
 
 def test_streams_move_to_survivor_when_worker_is_killed_without_duplicate_events(
-    start_worker, worker_env, rtsp_server_factory, hamilton_mp4, redis_server
+    start_worker, worker_env, rtsp_server_factory, hamilton_mp4, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     w1 = start_worker("w1")
     w2 = start_worker("w2")
     w1.wait_ready()
@@ -544,16 +404,16 @@ def test_streams_move_to_survivor_when_worker_is_killed_without_duplicate_events
     stream_ids = _ids_on_distinct_partitions(4, 4)
     for stream_id in stream_ids:
         server = rtsp_server_factory(hamilton_mp4, mount=f"/{stream_id}")
-        _submit(worker_env, server.url, stream_id, "--tasks", "emotion")
+        submit(worker_env, server.url, stream_id, "--tasks", "emotion")
 
     def owners() -> dict[str, str]:
-        return {s: _status(client, prefix, s).get("worker_id", "") for s in stream_ids}
+        return {s: stream_status(client, prefix, s).get("worker_id", "") for s in stream_ids}
 
-    split = _wait_for(
+    split = wait_for(
         lambda: (o := owners()) and set(o.values()) == {"w1", "w2"} and o, 90, "a split"
     )
     assert set(split) == set(stream_ids)
-    _wait_for(lambda: len(_events(client, prefix)) >= 2, 150, "events from the split workers")
+    wait_for(lambda: len(read_events(client, prefix)) >= 2, 150, "events from the split workers")
 
     w1.process.send_signal(signal.SIGKILL)
     w1.process.wait(10)
@@ -561,26 +421,25 @@ def test_streams_move_to_survivor_when_worker_is_killed_without_duplicate_events
 
     def moved() -> bool:
         return all(
-            (st := _status(client, prefix, s)).get("worker_id") == "w2"
+            (st := stream_status(client, prefix, s)).get("worker_id") == "w2"
             and st.get("state") in ("starting", "running")
             for s in stream_ids
         )
 
-    _wait_for(moved, SESSION_TIMEOUT_MS / 1000 + 30, "every stream running on w2")
+    wait_for(moved, SESSION_TIMEOUT_MS / 1000 + 30, "every stream running on w2")
     moved_after_s = time.monotonic() - killed_at
     assert moved_after_s <= SESSION_TIMEOUT_MS / 1000 + 30
 
-    count_at_move = len(_events(client, prefix))
-    _wait_for(lambda: len(_events(client, prefix)) > count_at_move, 150, "events after the move")
-    ids = [e.event_id for e in _events(client, prefix)]
+    count_at_move = len(read_events(client, prefix))
+    wait_for(lambda: len(read_events(client, prefix)) > count_at_move, 150, "events after the move")
+    ids = [e.event_id for e in read_events(client, prefix)]
     assert len(ids) == len(set(ids)), "an event id appears twice"
 
 
 def test_hostile_urls_are_refused_with_error_status_and_nothing_opened(
-    start_worker, worker_env, kafka_topics, redis_server
+    start_worker, worker_env, kafka_topics, worker_output
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
     hostile = {
@@ -598,11 +457,11 @@ def test_hostile_urls_are_refused_with_error_status_and_nothing_opened(
     kafka_topics.broker.produce(kafka_topics.topic, records)
 
     def all_errors() -> bool:
-        return all(_status(client, prefix, s).get("state") == "error" for s in hostile)
+        return all(stream_status(client, prefix, s).get("state") == "error" for s in hostile)
 
-    _wait_for(all_errors, 60, "error status for every hostile spec")
+    wait_for(all_errors, 60, "error status for every hostile spec")
     for sid in hostile:
-        assert _status(client, prefix, sid)["error"]
+        assert stream_status(client, prefix, sid)["error"]
     dlq = kafka_topics.broker.consume(kafka_topics.dlq_topic, min_count=len(hostile))
     assert len(dlq) >= len(hostile)
     logs = worker.logs()
@@ -611,17 +470,16 @@ def test_hostile_urls_are_refused_with_error_status_and_nothing_opened(
 
 
 def test_file_that_ends_is_marked_done_and_tombstoned(
-    start_worker, worker_env, kafka_topics, redis_server, testdata
+    start_worker, worker_env, kafka_topics, worker_output, testdata
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1", FACESTREAM_SOURCE__ALLOW_FILE="true")
     worker.wait_ready()
     clip = testdata / "videos" / "facellava_facial_expr_example_2.mp4"
-    _submit(worker_env, str(clip), "vod-1", "--tasks", "emotion,age", "--allow-file")
+    submit(worker_env, str(clip), "vod-1", "--tasks", "emotion,age", "--allow-file")
 
-    _wait_for(lambda: _status(client, prefix, "vod-1").get("state") == "done", 120, "done")
-    events = _events(client, prefix)
+    wait_for(lambda: stream_status(client, prefix, "vod-1").get("state") == "done", 120, "done")
+    events = read_events(client, prefix)
     assert {e.task for e in events} >= {"emotion", "age"}
     assert all(e.stream_id == "vod-1" for e in events)
 
@@ -629,7 +487,7 @@ def test_file_that_ends_is_marked_done_and_tombstoned(
         records = kafka_topics.broker.consume(kafka_topics.topic, min_count=2, timeout_s=5)
         return any(r.key in (b"vod-1", "vod-1") and r.value is None for r in records)
 
-    _wait_for(tombstoned, 60, "a tombstone for the finished file")
+    wait_for(tombstoned, 60, "a tombstone for the finished file")
     assert worker.process.poll() is None
 
 
@@ -639,9 +497,9 @@ def test_worker_survives_redis_outage_and_events_resume(
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
     worker = start_worker("w1", FACESTREAM_REDIS__BUFFER_MAX_EVENTS="50")
     worker.wait_ready()
-    _submit(worker_env, rtsp_server.url, "cam-r", "--tasks", "emotion")
+    submit(worker_env, rtsp_server.url, "cam-r", "--tasks", "emotion")
     client = redis_server.client()
-    _wait_for(lambda: _events(client, prefix), 150, "a first event")
+    wait_for(lambda: read_events(client, prefix), 150, "a first event")
 
     redis_server.stop()
     time.sleep(10)
@@ -650,7 +508,7 @@ def test_worker_survives_redis_outage_and_events_resume(
     redis_server.start()
     client = redis_server.client()  # the test Redis keeps nothing on disk: starts empty
 
-    _wait_for(lambda: _events(client, prefix), 120, "events after Redis came back")
+    wait_for(lambda: read_events(client, prefix), 120, "events after Redis came back")
     _code, metrics = worker.get("/metrics")
     high_water_line = next(
         line
@@ -666,12 +524,11 @@ def test_worker_survives_redis_outage_and_events_resume(
 
 
 def test_worker_survives_200_malformed_records_and_sends_each_to_the_dlq(
-    start_worker, worker_env, kafka_topics, redis_server
+    start_worker, worker_env, kafka_topics, worker_output
 ) -> None:
     from tests.test_assignments import malformed_record
 
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     worker = start_worker("w1")
     worker.wait_ready()
     rng = random.Random(26112026)
@@ -684,6 +541,6 @@ def test_worker_survives_200_malformed_records_and_sends_each_to_the_dlq(
     assert worker.process.poll() is None
     assert worker.get("/healthz")[0] == 200
     # Records whose key is a usable stream id get an error status that says why.
-    _wait_for(lambda: _status(client, prefix, "bad-1").get("state") == "error", 30, "status")
-    assert "invalid assignment" in _status(client, prefix, "bad-1")["error"]
+    wait_for(lambda: stream_status(client, prefix, "bad-1").get("state") == "error", 30, "status")
+    assert "invalid assignment" in stream_status(client, prefix, "bad-1")["error"]
     assert '"stream started"' not in worker.logs()

@@ -7,21 +7,18 @@ are suppressed and counted."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
 import redis
 
-from tests.test_worker import (  # noqa: F401 - fixtures
+from tests.workers import (
     SESSION_TIMEOUT_MS,
     WorkerProcess,
-    _events,
-    _status,
-    _submit,
-    _wait_for,
-    start_worker,
-    worker_env,
+    read_events,
+    stop_stream,
+    stream_status,
+    submit,
+    wait_for,
 )
 from worker.events import FaceEvent, event_id_for
 from worker.redis_keys import RedisKeys
@@ -36,16 +33,6 @@ def _metric(worker: WorkerProcess, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not exported")
-
-
-def _stop_stream(env: dict[str, str], stream_id: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "worker.cli", "stop", stream_id],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def _check_people(client: redis.Redis, keys: RedisKeys, stream_id: str) -> set[str]:
@@ -68,8 +55,8 @@ def _check_people(client: redis.Redis, keys: RedisKeys, stream_id: str) -> set[s
 
 
 def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
-    start_worker,  # noqa: F811
-    worker_env,  # noqa: F811
+    start_worker,
+    worker_env,
     rtsp_server,
     redis_server,
 ) -> None:
@@ -83,27 +70,29 @@ def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
 
     def next_session(run: int) -> str:
         def found() -> str | None:
-            fresh = [e for e in _events(client, prefix) if e.session and e.session not in sessions]
+            fresh = [
+                e for e in read_events(client, prefix) if e.session and e.session not in sessions
+            ]
             return fresh[0].session if fresh else None
 
-        session = _wait_for(found, 150, f"events of run {run}")
+        session = wait_for(found, 150, f"events of run {run}")
         sessions.append(session)
         person_sessions.update(_check_people(client, keys, "cam-s"))
         return session
 
-    _submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=1")
+    submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=1")
     next_session(1)
-    _stop_stream(worker_env, "cam-s")  # restart 1: stop + submit
-    _wait_for(
-        lambda: _status(client, prefix, "cam-s").get("state", "stopped") == "stopped",
+    stop_stream(worker_env, "cam-s")  # restart 1: stop + submit
+    wait_for(
+        lambda: stream_status(client, prefix, "cam-s").get("state", "stopped") == "stopped",
         30,
         "the stream stopped",
     )
-    _submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=2")
+    submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=2")
     next_session(2)
-    _submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=3")
+    submit(worker_env, rtsp_server.url, "cam-s", "--tasks", "emotion", "--label", "run=3")
     next_session(3)  # restart 2: a spec change
-    _submit(
+    submit(
         worker_env,
         rtsp_server.url,
         "cam-s",
@@ -122,7 +111,7 @@ def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
     successor.wait_ready()
     next_session(5)
 
-    events = _events(client, prefix)
+    events = read_events(client, prefix)
     ids = [e.event_id for e in events]
     assert len(ids) == len(set(ids)), "an event id appears twice"
     assert len(set(sessions)) == 5
@@ -140,38 +129,37 @@ def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
     assert person_sessions <= set(sessions) and len(person_sessions) >= 2
     assert _metric(successor, "facestream_events_deduplicated_total") == 0
     published = _metric(successor, "facestream_events_published_total")
-    assert published == len([e for e in _events(client, prefix) if e.worker_id == "w2"]), (
+    assert published == len([e for e in read_events(client, prefix) if e.worker_id == "w2"]), (
         "every event the successor made is in Redis"
     )
 
 
 def test_file_rerun_after_a_failover_repeats_its_ids_and_the_repeats_are_suppressed(
-    start_worker,  # noqa: F811
-    worker_env,  # noqa: F811
+    start_worker,
+    worker_env,
     hamilton_mp4,
-    redis_server,
+    worker_output,
 ) -> None:
-    prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    client = redis_server.client()
+    prefix, client = worker_output
     env = {"FACESTREAM_SOURCE__ALLOW_FILE": "true", "FACESTREAM_SOURCE__REALTIME": "true"}
     first = start_worker("w-a", **env)
     second = start_worker("w-b", **env)
     first.wait_ready()
     second.wait_ready()
-    _submit(worker_env, str(hamilton_mp4), "vod-f", "--tasks", "emotion", "--allow-file")
-    owner = _wait_for(
-        lambda: _status(client, prefix, "vod-f").get("worker_id"), 60, "an owner for the file"
+    submit(worker_env, str(hamilton_mp4), "vod-f", "--tasks", "emotion", "--allow-file")
+    owner = wait_for(
+        lambda: stream_status(client, prefix, "vod-f").get("worker_id"), 60, "an owner for the file"
     )
     killed, survivor = (first, second) if owner == "w-a" else (second, first)
-    before = _wait_for(lambda: _events(client, prefix), 150, "events of the first run")
+    before = wait_for(lambda: read_events(client, prefix), 150, "events of the first run")
     killed.process.send_signal(signal.SIGKILL)
     killed.process.wait(10)
-    _wait_for(
-        lambda: _status(client, prefix, "vod-f").get("state") == "done",
+    wait_for(
+        lambda: stream_status(client, prefix, "vod-f").get("state") == "done",
         SESSION_TIMEOUT_MS / 1000 + 150,
         "the file done on the survivor",
     )
-    events = _events(client, prefix)
+    events = read_events(client, prefix)
     ids = [e.event_id for e in events]
     assert len(ids) == len(set(ids)), "an event id appears twice"
     assert {e.session for e in events} == {before[0].session}, "a replay has the same session"

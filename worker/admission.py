@@ -38,6 +38,7 @@ import structlog
 
 if TYPE_CHECKING:
     from worker.intake import StreamRecord
+    from worker.settings import SchedulerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +114,11 @@ class Admission:
         self._next_update_s = 0.0
         self._last_change_s = -SETTLE_S
         self._figures = LoadFigures(None, 0.0, 0.0, 0)
+
+    @classmethod
+    def from_settings(cls, settings: SchedulerSettings) -> Admission:
+        """Admission with the load ceiling and optional fps cap `settings` give."""
+        return cls(settings.max_detector_load, settings.detector_max_fps)
 
     def observe(self, frames: int, busy_s: float) -> None:
         """Report a detected batch (detector thread)."""

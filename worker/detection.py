@@ -25,6 +25,7 @@ from worker.admission import Admission
 from worker.intake import StreamRecord, StreamTable
 from worker.metrics import Metrics
 from worker.scheduler import WindowJob, WindowQueue
+from worker.settings import Settings
 from worker.stage import StageThread
 
 log = structlog.get_logger(__name__)
@@ -57,6 +58,29 @@ class DetectionStage(StageThread):
         self._metrics = metrics
         self._max_batch = max_batch
         self._failures_in_row = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        detector: FaceDetector,
+        streams: StreamTable,
+        queue: WindowQueue,
+        metrics: Metrics,
+        *,
+        wake: threading.Event,
+        admission: Admission,
+    ) -> DetectionStage:
+        """The stage around a loaded `detector`, batched as `settings.detector` says."""
+        return cls(
+            detector,
+            streams,
+            queue,
+            metrics,
+            max_batch=settings.detector.max_batch,
+            wake=wake,
+            admission=admission,
+        )
 
     def stop(self) -> None:
         """Ask the loop to end at its next turn."""
@@ -152,3 +176,15 @@ class DetectionStage(StageThread):
             windows = []
         self.enqueue(record, windows)
         record.flushed = True
+
+
+def load_detector(settings: Settings) -> FaceDetector:
+    """The worker's detector: RetinaFace with the crop regions `settings.windows` asks for."""
+    from ingest.authors_boxes import with_crop_boxes
+    from models.retinaface import RetinaFaceDetector
+
+    return with_crop_boxes(
+        RetinaFaceDetector.from_options(settings.detector),
+        settings.windows.crop_mode,
+        settings.detector.device,
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from worker.http_thread import HttpThread
 
 Check = Callable[[], tuple[bool, str]]
 
@@ -45,26 +46,17 @@ class HealthServer:
         self._registry = registry
         self._alive = alive
         self._ready = ready
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="http-health", daemon=True
-        )
+        self._http = HttpThread(host, port, Handler, thread_name="http-health", join_requests=False)
 
     @property
     def port(self) -> int:
         """The bound port (useful when the settings asked for port 0)."""
-        return int(self._server.server_address[1])
+        return self._http.port
 
     def start(self) -> None:
         """Serve in the background."""
-        self._thread.start()
+        self._http.start()
 
     def stop(self) -> None:
         """Stop serving and join the thread (closes the socket even if never started)."""
-        started = self._thread.ident is not None
-        if started:
-            self._server.shutdown()  # waits for serve_forever: only once it ran
-        self._server.server_close()
-        if started:
-            self._thread.join(timeout=5)
+        self._http.stop()

@@ -14,8 +14,6 @@ oldest waiting ones (counted in `dropped`). Nothing is dropped silently.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from ingest.backoff import Backoff
 from worker.events import FaceEvent
 from worker.kafka_client import make_producer
 from worker.settings import KafkaSettings
+from worker.writer_thread import WriterThread
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -63,7 +62,7 @@ class _Record:
         return len(self.key) + len(self.value)
 
 
-class KafkaEventMirror:
+class KafkaEventMirror(WriterThread):
     """Writes every offered event to `settings.events_topic` from a background thread."""
 
     def __init__(
@@ -75,6 +74,7 @@ class KafkaEventMirror:
     ) -> None:
         if not settings.events_topic:
             raise ValueError("KafkaEventMirror needs FACESTREAM_KAFKA__EVENTS_TOPIC")
+        super().__init__("kafka-events", died_event="kafka_events.died")
         self.topic = settings.events_topic
         self._settings = settings
         self._producer_factory = producer_factory or (
@@ -86,27 +86,15 @@ class KafkaEventMirror:
             )
         )
         self._producer: KafkaProducer | None = None
-        self._thread: threading.Thread | None = None
-        self._cond = threading.Condition()
         self._waiting: deque[_Record] = deque()
         self._inflight: list[_Record] = []
         self._bytes = 0  # waiting + in flight
-        self._stop_requested = False
-        self._retry_now = False
-        self._failure: BaseException | None = None
         self._sent = 0
         self._dropped = 0
         self._errors = 0
         self._kafka_up: bool | None = None
 
     # -- caller side: never blocks, never raises ------------------------------------------
-
-    def start(self) -> KafkaEventMirror:
-        """Start the sender thread (once); returns self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="kafka-events", daemon=True)
-            self._thread.start()
-        return self
 
     def offer(self, event: FaceEvent) -> None:
         """Queue one event; the oldest waiting ones go when a bound would be passed."""
@@ -131,24 +119,11 @@ class KafkaEventMirror:
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued event is acknowledged; False when time ran out."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._retry_now = True
-            self._cond.notify_all()
-            while self._waiting or self._inflight:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.is_alive():
-                    return False
-                self._cond.wait(min(remaining, 0.5))
-            return True
+        return self._wait_drained(lambda: not (self._waiting or self._inflight), timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread; what is still queued is counted as dropped (call `flush` first)."""
-        with self._cond:
-            self._stop_requested = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        self._stop_thread(timeout_s)
         with self._cond:
             left = len(self._waiting) + len(self._inflight)
             if left:
@@ -158,15 +133,6 @@ class KafkaEventMirror:
                 self._bytes = 0
                 log.warning("kafka_events.stopped_with_unsent_events", events=left)
         self._close_producer()
-
-    def is_alive(self) -> bool:
-        """True while the sender thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The unexpected error that ended the thread, if any."""
-        return self._failure
 
     def stats(self) -> KafkaMirrorStats:
         """A consistent snapshot of the counters."""
@@ -182,16 +148,7 @@ class KafkaEventMirror:
 
     # -- sender thread ------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._send_loop()
-        except BaseException as exc:
-            log.exception("kafka_events.died")
-            with self._cond:
-                self._failure = exc
-                self._cond.notify_all()
-
-    def _send_loop(self) -> None:
+    def _loop(self) -> None:
         backoff = Backoff(self._settings.retry_initial_s, self._settings.retry_max_s)
         while True:
             with self._cond:
@@ -258,13 +215,3 @@ class KafkaEventMirror:
                 producer.close(timeout=0)
             except Exception as exc:
                 log.warning("closing the events producer failed", error=repr(exc))
-
-    def _wait_before_retry(self, delay_s: float) -> None:
-        deadline = time.monotonic() + delay_s
-        with self._cond:
-            while not (self._stop_requested or self._retry_now):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            self._retry_now = False

@@ -10,6 +10,7 @@ stream's series are simply gone. Names are part of the deploy contract.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -70,29 +71,136 @@ _STREAM_COUNTERS: tuple[tuple[str, str, Callable], ...] = (
 )
 
 
+# (name, help, how to read it from the admission's LoadFigures; None = not exported now).
+_LOAD_GAUGES: tuple[tuple[str, str, Callable], ...] = (
+    (
+        "facestream_degraded_streams",
+        "Streams shed from detection because the detector is at capacity.",
+        lambda f: f.degraded_streams,
+    ),
+    (
+        "facestream_detector_demand_fps",
+        "Frames per second the running streams ask of the detector (admitted or not).",
+        lambda f: f.demand_fps,
+    ),
+    (
+        "facestream_detector_capacity_fps",
+        "Frames per second the detector achieves when busy (measured).",
+        lambda f: f.capacity_fps,
+    ),
+    (
+        "facestream_detector_load",
+        "Detector demand ÷ measured capacity (above scheduler.max_detector_load, the "
+        "newest streams are shed; above 1, more than one worker's worth).",
+        lambda f: f.load,
+    ),
+)
+
+_Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+# (family, name, help, how to read it from PublisherStats).
+_PUBLISHER_FIGURES: tuple[tuple[_Family, str, str, Callable], ...] = (
+    (
+        GaugeMetricFamily,
+        "facestream_redis_errors",
+        "Redis errors seen by the publisher (cumulative).",
+        lambda s: s.redis_errors,
+    ),
+    (
+        GaugeMetricFamily,
+        "facestream_redis_buffer_size",
+        "Events waiting for Redis.",
+        lambda s: s.buffered,
+    ),
+    (
+        GaugeMetricFamily,
+        "facestream_redis_buffer_high_water",
+        "Most events ever waiting for Redis at once.",
+        lambda s: s.buffered_high_water,
+    ),
+    (
+        GaugeMetricFamily,
+        "facestream_events_dropped",
+        "Events dropped because Redis stayed down (cumulative).",
+        lambda s: s.dropped,
+    ),
+    (
+        CounterMetricFamily,
+        "facestream_events_published",
+        "Events written to Redis (new ids).",
+        lambda s: s.published,
+    ),
+    (
+        CounterMetricFamily,
+        "facestream_events_deduplicated",
+        "Events not written because their id was already published (a replay).",
+        lambda s: s.duplicates_suppressed,
+    ),
+    (
+        CounterMetricFamily,
+        "facestream_answers_truncated",
+        "Answers cut at the token cap (events with stop_reason=length).",
+        lambda s: s.answers_truncated,
+    ),
+)
+
+# (family, name, help, how to read it from KafkaMirrorStats), when events go to Kafka too.
+_KAFKA_FIGURES: tuple[tuple[_Family, str, str, Callable], ...] = (
+    (
+        CounterMetricFamily,
+        "facestream_kafka_events_sent",
+        "Events acknowledged by the Kafka events topic.",
+        lambda k: k.sent,
+    ),
+    (
+        CounterMetricFamily,
+        "facestream_kafka_events_dropped",
+        "Events dropped from the Kafka events buffer (full while Kafka was down).",
+        lambda k: k.dropped,
+    ),
+    (
+        CounterMetricFamily,
+        "facestream_kafka_events_errors",
+        "Failed sends to the Kafka events topic (each retried).",
+        lambda k: k.errors,
+    ),
+    (
+        GaugeMetricFamily,
+        "facestream_kafka_events_buffer_size",
+        "Events waiting for the Kafka events topic.",
+        lambda k: k.buffered,
+    ),
+    (
+        GaugeMetricFamily,
+        "facestream_kafka_events_buffer_bytes",
+        "Bytes of event JSON waiting for the Kafka events topic.",
+        lambda k: k.buffered_bytes,
+    ),
+)
+
+
 class Metrics:
     """The metrics observed where things happen; `collect_stages` adds the rest."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.detector_batch_size = Histogram(
-            "facestream_detector_batch_size",
-            "Frames per detector batch.",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+
+        def histogram(name: str, text: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, text, buckets=buckets, registry=r)
+
+        self.detector_batch_size = histogram(
+            "facestream_detector_batch_size", "Frames per detector batch.", BATCH_BUCKETS
         )
-        self.model_batch_size = Histogram(
+        self.model_batch_size = histogram(
             "facestream_model_batch_size",
             "Windows taken from the queue to join the engine at one step.",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+            BATCH_BUCKETS,
         )
-        self.frame_to_event_s = Histogram(
+        self.frame_to_event_s = histogram(
             "facestream_frame_to_event_seconds",
             "Wall time from a window's newest frame to its event.",
-            buckets=LATENCY_BUCKETS_S,
-            registry=r,
+            LATENCY_BUCKETS_S,
         )
         self.events = Counter(
             "facestream_events", "Events handed to the publisher.", ["task"], registry=r
@@ -114,22 +222,16 @@ class Metrics:
         self.registry.register(StageCollector(streams, queue, publisher, watcher_status, admission))
 
 
+@dataclass(eq=False)  # hashed by identity: the registry keys its collectors
 class StageCollector(Collector):
-    """Reads the running stages' counters when `/metrics` is scraped."""
+    """Reads the running stages' counters when `/metrics` is scraped; without `admission`
+    (no detector) the load figures are not exported."""
 
-    def __init__(
-        self,
-        streams: StreamTable,
-        queue: WindowQueue,
-        publisher: EventPublisher,
-        watcher_status: Callable[[], WatcherStatus],
-        admission: Admission | None = None,
-    ) -> None:
-        self._streams = streams
-        self._queue = queue
-        self._publisher = publisher
-        self._watcher_status = watcher_status
-        self._admission = admission
+    streams: StreamTable
+    queue: WindowQueue
+    publisher: EventPublisher
+    watcher_status: Callable[[], WatcherStatus]
+    admission: Admission | None = None
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the registry then never collects at registration time."""
@@ -143,7 +245,7 @@ class StageCollector(Collector):
         yield from self._publisher_and_kafka()
 
     def _per_stream(self) -> Iterator[Metric]:
-        records = [r for r in self._streams.active() if r.source and r.pipeline]
+        records = [r for r in self.streams.active() if r.source and r.pipeline]
         for name, text, read in _STREAM_COUNTERS:
             family = CounterMetricFamily(name, text, labels=["stream_id"])
             for record in records:
@@ -177,126 +279,54 @@ class StageCollector(Collector):
         )
 
     def _queues(self) -> Iterator[Metric]:
-        records = self._streams.active()
-        depth = GaugeMetricFamily(
-            "facestream_queue_depth", "Items waiting per queue.", labels=["queue"]
-        )
-        depth.add_metric(["windows"], len(self._queue))
-        depth.add_metric(["frames"], sum(r.source.waiting for r in records if r.source))
-        yield depth
-        held = GaugeMetricFamily(
-            "facestream_queue_bytes",
-            "Bytes of pixels waiting per queue (frames: decoded frames of every stream; "
-            "windows: face crops for the model).",
-            labels=["queue"],
-        )
-        held.add_metric(["windows"], self._queue.nbytes)
-        held.add_metric(["frames"], sum(r.source.waiting_bytes for r in records if r.source))
-        yield held
+        records = self.streams.active()
+        sources = [r.source for r in records if r.source]
+        for name, text, windows, frames in (
+            (
+                "facestream_queue_depth",
+                "Items waiting per queue.",
+                len(self.queue),
+                sum(source.waiting for source in sources),
+            ),
+            (
+                "facestream_queue_bytes",
+                "Bytes of pixels waiting per queue (frames: decoded frames of every stream; "
+                "windows: face crops for the model).",
+                self.queue.nbytes,
+                sum(source.waiting_bytes for source in sources),
+            ),
+        ):
+            family = GaugeMetricFamily(name, text, labels=["queue"])
+            family.add_metric(["windows"], windows)
+            family.add_metric(["frames"], frames)
+            yield family
         dropped = CounterMetricFamily(
             "facestream_windows_dropped",
             "Windows dropped (reason: superseded, queue_full, stale, stream_stopped, "
             "model_error, shutdown).",
             labels=["reason"],
         )
-        for reason, count in self._queue.drops.items():
+        for reason, count in self.queue.drops.items():
             dropped.add_metric([reason], count)
         yield dropped
 
     def _load(self) -> Iterator[Metric]:
-        if self._admission is None:
+        if self.admission is None:
             return
-        figures = self._admission.figures()
-        yield GaugeMetricFamily(
-            "facestream_degraded_streams",
-            "Streams shed from detection because the detector is at capacity.",
-            value=figures.degraded_streams,
-        )
-        yield GaugeMetricFamily(
-            "facestream_detector_demand_fps",
-            "Frames per second the running streams ask of the detector (admitted or not).",
-            value=figures.demand_fps,
-        )
-        if figures.capacity_fps is None or figures.load is None:
-            return  # not measured yet: no figure rather than a made-up one
-        yield GaugeMetricFamily(
-            "facestream_detector_capacity_fps",
-            "Frames per second the detector achieves when busy (measured).",
-            value=figures.capacity_fps,
-        )
-        yield GaugeMetricFamily(
-            "facestream_detector_load",
-            "Detector demand ÷ measured capacity (above scheduler.max_detector_load, the "
-            "newest streams are shed; above 1, more than one worker's worth).",
-            value=figures.load,
-        )
+        figures = self.admission.figures()
+        for name, text, read in _LOAD_GAUGES:
+            value = read(figures)
+            if value is not None:  # capacity not measured yet: no figure, not a made-up one
+                yield GaugeMetricFamily(name, text, value=value)
 
     def _publisher_and_kafka(self) -> Iterator[Metric]:
-        stats = self._publisher.stats()
-        for name, text, value in (
-            (
-                "facestream_redis_errors",
-                "Redis errors seen by the publisher (cumulative).",
-                stats.redis_errors,
-            ),
-            ("facestream_redis_buffer_size", "Events waiting for Redis.", stats.buffered),
-            (
-                "facestream_redis_buffer_high_water",
-                "Most events ever waiting for Redis at once.",
-                stats.buffered_high_water,
-            ),
-            (
-                "facestream_events_dropped",
-                "Events dropped because Redis stayed down (cumulative).",
-                stats.dropped,
-            ),
-        ):
-            yield GaugeMetricFamily(name, text, value=value)
-        for name, text, value in (
-            (
-                "facestream_events_published",
-                "Events written to Redis (new ids).",
-                stats.published,
-            ),
-            (
-                "facestream_events_deduplicated",
-                "Events not written because their id was already published (a replay).",
-                stats.duplicates_suppressed,
-            ),
-            (
-                "facestream_answers_truncated",
-                "Answers cut at the token cap (events with stop_reason=length).",
-                stats.answers_truncated,
-            ),
-        ):
-            yield CounterMetricFamily(name, text, value=value)
+        stats = self.publisher.stats()
+        for family, name, text, read in _PUBLISHER_FIGURES:
+            yield family(name, text, value=read(stats))
         if stats.kafka is not None:
-            yield CounterMetricFamily(
-                "facestream_kafka_events_sent",
-                "Events acknowledged by the Kafka events topic.",
-                value=stats.kafka.sent,
-            )
-            yield CounterMetricFamily(
-                "facestream_kafka_events_dropped",
-                "Events dropped from the Kafka events buffer (full while Kafka was down).",
-                value=stats.kafka.dropped,
-            )
-            yield CounterMetricFamily(
-                "facestream_kafka_events_errors",
-                "Failed sends to the Kafka events topic (each retried).",
-                value=stats.kafka.errors,
-            )
-            yield GaugeMetricFamily(
-                "facestream_kafka_events_buffer_size",
-                "Events waiting for the Kafka events topic.",
-                value=stats.kafka.buffered,
-            )
-            yield GaugeMetricFamily(
-                "facestream_kafka_events_buffer_bytes",
-                "Bytes of event JSON waiting for the Kafka events topic.",
-                value=stats.kafka.buffered_bytes,
-            )
-        status = self._watcher_status()
+            for family, name, text, read in _KAFKA_FIGURES:
+                yield family(name, text, value=read(stats.kafka))
+        status = self.watcher_status()
         yield GaugeMetricFamily(
             "facestream_assigned_partitions",
             "Kafka partitions assigned to this worker.",

@@ -185,6 +185,26 @@ class ModelStage(StageThread):
         self._static_in_flight: dict[tuple[str, int], tuple[WindowJob, frozenset[Task]]] = {}
         self._forgotten: stdlib_queue.SimpleQueue[str] = stdlib_queue.SimpleQueue()
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        stepper: WindowStepper,
+        queue: WindowQueue,
+        sink: EventSink,
+        metrics: Metrics,
+    ) -> ModelStage:
+        """The stage around a loaded `stepper`, with the batch wait and static-task policy
+        `settings` give."""
+        return cls(
+            stepper,
+            queue,
+            sink,
+            metrics,
+            batch_wait_s=settings.scheduler.batch_wait_ms / 1000,
+            static_tasks=static_task_policy(settings),
+        )
+
     def forget_stream(self, stream_id: str) -> None:
         """A stream stopped (any thread): its people's static answers are forgotten, so a
         restarted stream's track 1 (another person) is asked in full."""
@@ -303,6 +323,15 @@ def static_task_policy(settings: Settings) -> StaticTaskPolicy | None:
         return None
     return StaticTaskPolicy(
         quality_margin=static.quality_margin, refresh_interval_s=static.refresh_interval_s
+    )
+
+
+def load_answerer(settings: Settings) -> WindowStepper:
+    """The worker's model: Face-LLaVA as `settings.model` says, stepped by the engine."""
+    return EngineWindows(
+        FaceAnswerer.from_options(
+            settings.model, settings.worker_id, thumbnails=settings.redis.thumbnails
+        )
     )
 
 

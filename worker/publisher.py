@@ -14,7 +14,6 @@ or absent Kafka never holds up Redis, nor Redis Kafka.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from worker.events import FaceEvent
 from worker.kafka_events import KafkaEventMirror, KafkaMirrorStats
 from worker.redis_keys import RedisKeys
 from worker.redis_writes import PUBLISH_LUA, queue_event, queue_status
-from worker.settings import RedisSettings
+from worker.settings import RedisSettings, Settings
 from worker.status import StreamStatus
+from worker.writer_thread import WriterThread
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,7 @@ class _QueuedEvent:
     event: FaceEvent
 
 
-class EventPublisher:
+class EventPublisher(WriterThread):
     """Writes events and stream statuses to Redis from a background thread; never blocks callers."""
 
     def __init__(
@@ -77,6 +77,7 @@ class EventPublisher:
         thread_name: str = "redis-publisher",
         mirror: KafkaEventMirror | None = None,
     ) -> None:
+        super().__init__(thread_name, died_event="publisher.died")
         self._settings = settings
         self._keys = RedisKeys(settings.prefix)
         self._batch_max_events = batch_max_events
@@ -86,20 +87,14 @@ class EventPublisher:
             socket_timeout=socket_timeout_s,
             retry=Retry(NoBackoff(), 0),  # our own loop retries with backoff
         )
-        self._thread_name = thread_name
         self._mirror = mirror
-        self._thread: threading.Thread | None = None
 
-        self._cond = threading.Condition()
         self._buffer: deque[_QueuedEvent] = deque()
         self._pending_status: dict[str, StreamStatus | None] = {}  # None = forget the stream
         self._next_seq = 0
         self._inflight_upto_seq = -1
         self._evicted_inflight = 0
         self._writing = False
-        self._stop_requested = False
-        self._retry_now = False
-        self._failure: BaseException | None = None
 
         self._published = 0
         self._duplicates = 0
@@ -111,6 +106,16 @@ class EventPublisher:
         self._redis_up: bool | None = None
         self._down_since_s = 0.0
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventPublisher:
+        """The worker's publisher: to `settings.redis`, mirrored to Kafka when
+        `settings.kafka.events_topic` is set."""
+        mirror = None
+        if settings.kafka.events_topic:
+            client_id = f"facestream-{settings.worker_id}-events"
+            mirror = KafkaEventMirror(settings.kafka, client_id=client_id)
+        return cls(settings.redis, mirror=mirror)
+
     @property
     def keys(self) -> RedisKeys:
         """The key names this publisher writes."""
@@ -119,12 +124,10 @@ class EventPublisher:
     # -- caller side: never blocks, never raises -------------------------------------------
 
     def start(self) -> EventPublisher:
-        """Start the writer thread (once); returns self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
-            self._thread.start()
-            if self._mirror is not None:
-                self._mirror.start()
+        """Start the writer thread (and the Kafka events thread, if on) once; returns self."""
+        super().start()
+        if self._mirror is not None:
+            self._mirror.start()
         return self
 
     def publish(self, event: FaceEvent) -> None:
@@ -160,25 +163,17 @@ class EventPublisher:
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything queued is written; False when time ran out (or the thread died)."""
         deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._retry_now = True  # a waiting retry goes now instead of after its backoff
-            self._cond.notify_all()
-            while self._buffer or self._pending_status or self._writing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._failure is not None or not self.is_alive():
-                    return False
-                self._cond.wait(remaining)
+        if not self._wait_drained(
+            lambda: not (self._buffer or self._pending_status or self._writing), timeout_s
+        ):
+            return False
         if self._mirror is not None:
             return self._mirror.flush(max(0.0, deadline - time.monotonic()))
         return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread; anything still queued is counted as dropped (call `flush` first)."""
-        with self._cond:
-            self._stop_requested = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        self._stop_thread(timeout_s)
         with self._cond:
             left = len(self._buffer)
             if left:
@@ -192,7 +187,7 @@ class EventPublisher:
     def is_alive(self) -> bool:
         """True while the writer thread (and the Kafka events thread, if on) runs."""
         mirror_alive = self._mirror is None or self._mirror.is_alive()
-        return self._thread is not None and self._thread.is_alive() and mirror_alive
+        return super().is_alive() and mirror_alive
 
     @property
     def failure(self) -> BaseException | None:
@@ -235,17 +230,10 @@ class EventPublisher:
 
     # -- writer thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._write_loop()
-        except BaseException as exc:
-            log.exception("publisher.died")
-            with self._cond:
-                self._failure = exc
-                self._writing = False
-                self._cond.notify_all()
+    def _on_died(self) -> None:
+        self._writing = False
 
-    def _write_loop(self) -> None:
+    def _loop(self) -> None:
         backoff = Backoff(self._settings.retry_initial_s, self._settings.retry_max_s)
         while True:
             with self._cond:
@@ -354,13 +342,3 @@ class EventPublisher:
                 buffered=buffered,
                 buffer_max_events=self._settings.buffer_max_events,
             )
-
-    def _wait_before_retry(self, delay_s: float) -> None:
-        deadline = time.monotonic() + delay_s
-        with self._cond:
-            while not (self._stop_requested or self._retry_now):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            self._retry_now = False

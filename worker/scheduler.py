@@ -14,9 +14,13 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ingest.windows import WindowRequests
 from models.facellava.tasks import Task
+
+if TYPE_CHECKING:
+    from worker.settings import SchedulerSettings
 
 DROP_REASONS = ("superseded", "queue_full", "stale", "stream_stopped", "model_error", "shutdown")
 
@@ -57,6 +61,13 @@ class WindowQueue:
         self._taken: Counter[str] = Counter()  # stream_id → jobs taken, not yet `done`
         self._cond = threading.Condition()
         self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: SchedulerSettings) -> WindowQueue:
+        """The worker's window queue, bounded in windows and bytes as `settings` say."""
+        return cls(
+            settings.model_queue_windows, settings.max_window_age_s, settings.model_queue_bytes
+        )
 
     def count_drop(self, reason: str, n: int) -> None:
         """Count `n` windows dropped outside the queue (`stream_stopped`, `model_error`)."""

@@ -30,13 +30,12 @@ import structlog
 
 from ingest.pipeline import FaceDetector
 from worker.admission import Admission
-from worker.detection import DetectionStage
+from worker.detection import DetectionStage, load_detector
 from worker.health import HealthServer
 from worker.intake import StreamTable
-from worker.kafka_events import KafkaEventMirror
 from worker.liveness import WorkerLiveness
 from worker.metrics import Metrics
-from worker.model_stage import ModelStage, WindowStepper, static_task_policy
+from worker.model_stage import ModelStage, WindowStepper, load_answerer
 from worker.publisher import EventPublisher
 from worker.scheduler import WindowQueue
 from worker.settings import Settings
@@ -61,27 +60,14 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
-        self._detector_factory = detector_factory or self._default_detector
-        self._answerer_factory = answerer_factory or self._default_answerer
+        self._detector_factory = detector_factory or (lambda: load_detector(settings))
+        self._answerer_factory = answerer_factory or (lambda: load_answerer(settings))
         self.metrics = Metrics()
         self.streams = StreamTable()
-        self.publisher = EventPublisher(
-            settings.redis,
-            mirror=(
-                KafkaEventMirror(settings.kafka, client_id=f"facestream-{self.worker_id}-events")
-                if settings.kafka.events_topic
-                else None
-            ),
-        )
-        self.queue = WindowQueue(
-            settings.scheduler.model_queue_windows,
-            settings.scheduler.max_window_age_s,
-            settings.scheduler.model_queue_bytes,
-        )
+        self.publisher = EventPublisher.from_settings(settings)
+        self.queue = WindowQueue.from_settings(settings.scheduler)
         self.wake_detector = threading.Event()
-        self.admission = Admission(
-            settings.scheduler.max_detector_load, settings.scheduler.detector_max_fps
-        )
+        self.admission = Admission.from_settings(settings.scheduler)
         self.supervisor = Supervisor(
             settings,
             self.streams,
@@ -116,26 +102,6 @@ class Worker:
         self._intake_stopped = threading.Event()
         self._models_loaded = threading.Event()
 
-    def _default_detector(self) -> FaceDetector:
-        from ingest.authors_boxes import with_crop_boxes
-        from models.retinaface import RetinaFaceDetector
-
-        return with_crop_boxes(
-            RetinaFaceDetector.from_options(self.settings.detector),
-            self.settings.windows.crop_mode,
-            self.settings.detector.device,
-        )
-
-    def _default_answerer(self) -> WindowStepper:
-        from worker.answering import FaceAnswerer
-        from worker.model_stage import EngineWindows
-
-        return EngineWindows(
-            FaceAnswerer.from_options(
-                self.settings.model, self.worker_id, thumbnails=self.settings.redis.thumbnails
-            )
-        )
-
     def _forget_stream(self, stream_id: str) -> None:
         if self.model is not None:
             self.model.forget_stream(stream_id)
@@ -169,22 +135,17 @@ class Worker:
 
     def build_stages(self, detector: FaceDetector, answerer: WindowStepper) -> None:
         """The detector and model stages around loaded models (not started)."""
-        self.detection = DetectionStage(
+        self.detection = DetectionStage.from_settings(
+            self.settings,
             detector,
             self.streams,
             self.queue,
             self.metrics,
-            max_batch=self.settings.detector.max_batch,
             wake=self.wake_detector,
             admission=self.admission,
         )
-        self.model = ModelStage(
-            answerer,
-            self.queue,
-            self.publisher,
-            self.metrics,
-            batch_wait_s=self.settings.scheduler.batch_wait_ms / 1000,
-            static_tasks=static_task_policy(self.settings),
+        self.model = ModelStage.from_settings(
+            self.settings, answerer, self.queue, self.publisher, self.metrics
         )
 
     def run(self) -> int:

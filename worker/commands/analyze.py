@@ -22,7 +22,6 @@ import argparse
 import collections
 import itertools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,12 @@ from typing import IO, TYPE_CHECKING, Any
 from worker.commands import add_command
 from worker.commands.detect import CLI_GIVE_UP_AFTER_FAILURES
 from worker.commands.facellava_common import add_model_arguments
+from worker.commands.local_video import (
+    analyze_queue_frames,
+    file_duration_s,
+    file_frame_pixels,
+    share_cpu_with_decoder,
+)
 
 if TYPE_CHECKING:
     from ingest.tracking import TrackRecord
@@ -43,9 +48,6 @@ if TYPE_CHECKING:
 # (e.g. FaceEvents as dicts). `analyze` calls it for every emitted window.
 WindowHandler = Callable[["WindowRequests"], list[dict[str, Any]]]
 
-ANALYZE_QUEUE_FRAMES = 64  # ≈ 45 MB of 640×360 frames: decoding runs ahead of torch start-up
-# ... but never more than this many bytes of frames at `source.max_pixels` (at least 2 frames).
-ANALYZE_QUEUE_BYTES = 512 * 2**20
 DETECT_BATCH_FRAMES = 8  # small: little latency, most of batching's gain on CPU
 
 
@@ -222,7 +224,7 @@ def analyze(
     )
     # The overview draws every box the detector found, not only confirmed tracks.
     seen = _RecordingDetector(detector) if overview is not None else None
-    duration_s = _file_duration_s(source_url)
+    duration_s = file_duration_s(source_url)
     bar = tqdm(
         total=None if duration_s is None else round(duration_s, 1),
         unit="s",
@@ -347,7 +349,7 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
     source: dict[str, Any] = {
         "allow_file": True,
         "queue_frames": analyze_queue_frames(
-            min(_file_frame_pixels(args.source) or max_pixels, max_pixels)
+            min(file_frame_pixels(args.source) or max_pixels, max_pixels)
         ),
         # A camera that cannot be opened ends the command (exit 1) instead of waiting for ever.
         "give_up_after_failures": settings.source.give_up_after_failures
@@ -371,61 +373,3 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
             "detector": {**settings.detector.model_dump(), **detector},
         }
     )
-
-
-def analyze_queue_frames(frame_pixels: int) -> int:
-    """Decode-ahead depth: `ANALYZE_QUEUE_FRAMES`, cut so the queue holds ≤ `ANALYZE_QUEUE_BYTES`
-    of frames of `frame_pixels` (the file's frame size, or `max_pixels` when unknown)."""
-    return max(2, min(ANALYZE_QUEUE_FRAMES, ANALYZE_QUEUE_BYTES // (frame_pixels * 3)))
-
-
-def _file_frame_pixels(source_url: str) -> int | None:
-    """Width × height of a local file's video (from its header); None for URLs or unknown."""
-    path = Path(source_url.removeprefix("file:"))
-    if "://" in source_url or not path.is_file():
-        return None
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if container.streams.video:
-                context = container.streams.video[0].codec_context
-                return int(context.width * context.height) or None
-    except av.FFmpegError:
-        return None
-    return None
-
-
-def share_cpu_with_decoder(settings: Settings, source_is_live: bool) -> None:
-    """On CPU, size torch's thread pool so it does not fight the decoder.
-
-    A live source decodes all the time: torch gets the cores the decoder leaves
-    (oversubscribed OpenMP threads spin: on 2 cores, 2 torch threads beside a busy decoder
-    made analyze ~2.5× slower). A file decodes ahead while torch loads and then mostly
-    waits, so torch gets every core. An explicit OMP_NUM_THREADS wins.
-    """
-    import torch
-
-    if "OMP_NUM_THREADS" in os.environ or settings.detector.device == "cuda":
-        return
-    if settings.detector.device == "auto" and torch.cuda.is_available():
-        return
-    cpus = os.cpu_count() or 1
-    busy = settings.source.decode_threads if source_is_live else 0
-    torch.set_num_threads(max(1, cpus - busy))
-
-
-def _file_duration_s(source_url: str) -> float | None:
-    """Duration of a local file (for the progress bar); None for URLs or when unknown."""
-    path = Path(source_url.removeprefix("file:"))
-    if "://" in source_url or not path.is_file():
-        return None
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if container.duration is not None:
-                return container.duration / 1_000_000
-    except av.FFmpegError:
-        return None
-    return None

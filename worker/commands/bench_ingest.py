@@ -15,16 +15,15 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from worker.commands import add_command
+from worker.commands.bench_data import (
+    add_video_and_weights_arguments,
+    detector_weights,
+    video_or_default,
+)
 
 BATCH_SIZES = (1, 4, 16)
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _testdata_dir() -> Path:
-    return Path(os.environ.get("FACESTREAM_TESTDATA", _REPO_ROOT.parent / "shared" / "testdata"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,21 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Decode fps, detector ms/frame by batch size, analyze real-time factor.",
         __doc__,
     )
-    parser.add_argument(
-        "--video",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="Video file (default: the Hamilton test clip in $FACESTREAM_TESTDATA).",
+    add_video_and_weights_arguments(
+        parser, "Video file (default: the Hamilton test clip in $FACESTREAM_TESTDATA)."
     )
     parser.add_argument("--max-side", type=int, default=640, metavar="PX", help="Detector input.")
     parser.add_argument("--fps", type=float, default=5.0, help="Detections per second sampled.")
-    parser.add_argument(
-        "--weights",
-        default=None,
-        metavar="PATH|REPO:FILE",
-        help="RetinaFace weights (default: the test data's MobileNet-0.25, else the setting).",
-    )
     parser.add_argument("--repeats", type=int, default=3, help="Timing runs (median).")
     parser.add_argument("--skip-analyze", action="store_true", help="No end-to-end run.")
     parser.set_defaults(func=run)
@@ -63,21 +52,18 @@ def run(args: argparse.Namespace) -> int:
     from ingest.sources import SourceOptions
     from models.retinaface import DetectorOptions, RetinaFaceDetector
     from models.weights import WeightsError
-    from worker.commands.analyze import share_cpu_with_decoder
+    from worker.commands.local_video import share_cpu_with_decoder
     from worker.logs import configure_logging
     from worker.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_format, "warning")
     share_cpu_with_decoder(settings, source_is_live=False)  # as analyze on a file
-    video = args.video or _testdata_dir() / "videos" / "short_hamilton_clip.mp4"
+    video = video_or_default(args.video)
     if not video.is_file():
         print(f"facestream bench ingest: no video at {video} (pass --video)", file=sys.stderr)
         return 2
-    weights = args.weights
-    if weights is None:
-        local = _testdata_dir() / "weights" / "retinaface_mobilenet0.25_Final.pth"
-        weights = str(local) if local.is_file() else settings.detector.weights
+    weights = detector_weights(args.weights, settings.detector.weights)
 
     # Decode every frame, as the source does (threads from the settings).
     images, sampled, next_pts_s = [], [], None

@@ -34,6 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from worker.commands.bench_data import (
+    add_video_and_weights_arguments,
+    detector_weights,
+    video_or_default,
+)
 from worker.commands.facellava_common import add_model_arguments
 
 if TYPE_CHECKING:
@@ -56,17 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--streams", default="1,2,4", help="Stream counts to run, in turn.")
     parser.add_argument("--seconds", type=float, default=30.0, help="Run length per count.")
     parser.add_argument("--config", choices=("tiny", "7b"), default="tiny")
-    parser.add_argument("--video", type=Path, default=None, help="Default: the Hamilton clip.")
     parser.add_argument("--url", default=None, help="A live URL every stream reads instead.")
     parser.add_argument("--tasks", default="emotion", help="Tasks each stream asks.")
     parser.add_argument("--detection-fps", type=float, default=5.0, help="Per stream.")
     parser.add_argument("--max-p95-s", type=float, default=1.5, help="Held: p95 latency bound.")
-    parser.add_argument(
-        "--weights",
-        default=None,
-        metavar="PATH|REPO:FILE",
-        help="RetinaFace weights (default: the test data's MobileNet-0.25, else the setting).",
-    )
+    add_video_and_weights_arguments(parser, "Default: the Hamilton clip.")
     parser.add_argument(
         "--tokenizer",
         default=None,
@@ -126,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if not counts or min(counts) < 1 or args.seconds <= 0:
         print("--streams needs positive integers and --seconds > 0", file=sys.stderr)
         return 2
-    video = args.video or _testdata() / "videos" / "short_hamilton_clip.mp4"
+    video = video_or_default(args.video)
     if args.url is None and not video.is_file():
         print(f"facestream bench worker: no video at {video} (pass --video)", file=sys.stderr)
         return 2
@@ -168,7 +167,7 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
     from models.facellava.prompts import PromptTokenizer
     from models.retinaface import RetinaFaceDetector
     from worker.answering import FaceAnswerer
-    from worker.commands.bench_model import _fixture_checkpoint, random_model, shape_config
+    from worker.commands.bench_shapes import fixture_checkpoint, random_model, shape_config
     from worker.commands.facellava_common import (
         load_for_cli,
         model_options,
@@ -191,7 +190,7 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
     else:
         dtype = resolve_dtype(args, options, device)
         options = options.model_copy(update={"dtype": dtype})
-        tokenizer = PromptTokenizer(args.tokenizer or str(_fixture_checkpoint()))
+        tokenizer = PromptTokenizer(args.tokenizer or str(fixture_checkpoint()))
         model = random_model(
             shape_config(args.config), dtype, device, options.attn_implementation, args.seed
         )
@@ -211,10 +210,7 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
     )
     answerer = FaceAnswerer(engine, model_id=described, worker_id="bench")
     base = Settings()
-    weights = args.weights
-    if weights is None:
-        local = _testdata() / "weights" / "retinaface_mobilenet0.25_Final.pth"
-        weights = str(local) if local.is_file() else base.detector.weights
+    weights = detector_weights(args.weights, base.detector.weights)
     settings = Settings(
         worker_id="bench",
         source={**base.source.model_dump(), "realtime": True, "allow_file": True},
@@ -233,10 +229,11 @@ def _run_streams(
     video: Path,
 ) -> RunFigures:
     """Run `count` streams for `args.seconds` through fresh stages around the shared models."""
+    from worker.admission import Admission
     from worker.detection import DetectionStage
     from worker.intake import StreamRecord, StreamTable
     from worker.metrics import Metrics
-    from worker.model_stage import EngineWindows, ModelStage, static_task_policy
+    from worker.model_stage import EngineWindows, ModelStage
     from worker.scheduler import WindowQueue
     from worker.specs import StreamSpec
 
@@ -245,22 +242,16 @@ def _run_streams(
     metrics = Metrics()
     sink = LatencySink()
     wake = threading.Event()
-    detection = DetectionStage(
+    detection = DetectionStage.from_settings(
+        settings,
         detector,  # type: ignore[arg-type]
         streams,
         queue,
         metrics,
-        max_batch=settings.detector.max_batch,
         wake=wake,
+        admission=Admission.from_settings(settings.scheduler),
     )
-    model = ModelStage(
-        EngineWindows(answerer),
-        queue,
-        sink,
-        metrics,
-        batch_wait_s=settings.scheduler.batch_wait_ms / 1000,
-        static_tasks=static_task_policy(settings),
-    )
+    model = ModelStage.from_settings(settings, EngineWindows(answerer), queue, sink, metrics)
     url = args.url or str(video.resolve())
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     loops = [0] * count
@@ -355,12 +346,6 @@ def _print_run(f: RunFigures) -> None:
         f"windows dropped: {drops}; frames skipped: {f.frames_skipped}; "
         f"held: {'yes' if f.held else 'no (' + f.why_not + ')'}"
     )
-
-
-def _testdata() -> Path:
-    from worker.commands.bench_ingest import _testdata_dir
-
-    return _testdata_dir()
 
 
 def _device_name(device: str) -> str:

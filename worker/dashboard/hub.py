@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,17 @@ import redis
 import structlog
 
 from ingest.urls import redact_url
-from models.facellava.tasks import Task
+from worker.dashboard.feed import (
+    EntryId,
+    FeedEvent,
+    Subscriber,
+    diff,
+    feed_events,
+    people_views,
+    person_changed,
+    sse_message,
+    stream_view,
+)
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
 from worker.thumbnails import is_thumbnail
@@ -47,95 +57,6 @@ READ_PAGE_EVENTS = 500
 REPLAY_MAX_EVENTS = 10000
 # Person keys the hub follows at most (each costs one HGETALL + PTTL per poll).
 MAX_PEOPLE = 20000
-# A person's expiry is re-sent only when it moved by more than this (polls jitter by ms).
-EXPIRY_TOLERANCE_S = 0.75
-_TASK_FIELDS = frozenset(str(task) for task in Task)
-
-
-@dataclass(frozen=True, order=True)
-class EntryId:
-    """A Redis stream entry id `ms-seq`, ordered as Redis orders them."""
-
-    ms: int
-    seq: int
-
-    @classmethod
-    def parse(cls, text: str) -> EntryId:
-        """Parse `123-4` (or `123`, meaning `123-0`); ValueError if it is not an entry id."""
-        ms_text, _, seq_text = text.strip().partition("-")
-        ms, seq = int(ms_text), int(seq_text or "0")
-        if ms < 0 or seq < 0:
-            raise ValueError(f"not a stream entry id: {text!r}")
-        return cls(ms, seq)
-
-    def __str__(self) -> str:
-        return f"{self.ms}-{self.seq}"
-
-
-@dataclass(frozen=True)
-class FeedEvent:
-    """One entry of the events stream as the pages get it: its id and the event JSON."""
-
-    entry_id: EntryId
-    event_json: str
-    stream_id: str
-    track_id: int | None
-    task: str
-    session: str = ""
-
-
-def sse_message(kind: str, data: str, entry_id: EntryId | None = None) -> bytes:
-    """One server-sent-events message; every line of `data` becomes a `data:` line."""
-    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    head = f"id: {entry_id}\n" if entry_id is not None else ""
-    body = "".join(f"data: {line}\n" for line in lines)
-    return f"{head}event: {kind}\n{body}\n".encode()
-
-
-class Subscriber:
-    """One open page: a queue of encoded SSE messages bounded in bytes (`disconnect-slow`)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._cond = threading.Condition()
-        self._queue: deque[tuple[EntryId | None, bytes]] = deque()
-        self._bytes = 0
-        self.closed_reason = ""
-
-    def offer(self, entry_id: EntryId | None, message: bytes) -> bool:
-        """Queue a message; False (and the subscriber is closed) when it would overflow."""
-        with self._cond:
-            if self.closed_reason:
-                return False
-            if self._bytes + len(message) > self._max_bytes:
-                self._close_locked("slow: more than client_buffer_bytes unsent")
-                return False
-            self._queue.append((entry_id, message))
-            self._bytes += len(message)
-            self._cond.notify_all()
-            return True
-
-    def take(self, timeout_s: float) -> list[tuple[EntryId | None, bytes]]:
-        """Everything queued (waits up to `timeout_s` for something); empty once closed."""
-        with self._cond:
-            if not self._queue and not self.closed_reason:
-                self._cond.wait(timeout_s)
-            items = list(self._queue)
-            self._queue.clear()
-            self._bytes = 0
-            return items
-
-    def close(self, reason: str) -> None:
-        """Close it; a waiting `take` returns at once."""
-        with self._cond:
-            self._close_locked(reason)
-
-    def _close_locked(self, reason: str) -> None:
-        if not self.closed_reason:
-            self.closed_reason = reason
-        self._queue.clear()
-        self._bytes = 0
-        self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -368,24 +289,7 @@ class DashboardHub:
         return cursor
 
     def _feed(self, raw: Any) -> list[FeedEvent]:
-        events = []
-        skipped = 0
-        for entry_id, fields in raw:
-            event_json = fields.get("event", "")
-            if not event_json or len(event_json) > MAX_EVENT_BYTES:
-                skipped += 1
-                continue
-            track = fields.get("track_id", "")
-            events.append(
-                FeedEvent(
-                    entry_id=EntryId.parse(entry_id),
-                    event_json=event_json,
-                    stream_id=fields.get("stream_id", ""),
-                    track_id=int(track) if track.lstrip("-").isdigit() else None,
-                    task=fields.get("task", ""),
-                    session=fields.get("session", ""),
-                )
-            )
+        events, skipped = feed_events(raw, MAX_EVENT_BYTES)
         if skipped:
             with self._lock:
                 self._events_skipped += skipped
@@ -455,35 +359,19 @@ class DashboardHub:
         results = pipe.execute()
         now_s = time.time()
         streams = {
-            stream_id: _stream_view(fields)
+            stream_id: stream_view(fields)
             for stream_id, fields in zip(stream_ids, results[: len(stream_ids)], strict=True)
             if fields
         }
-        people_raw = results[len(stream_ids) :]
-        people: dict[str, dict[str, Any]] = {}
-        gone_keys = []
-        for i, key in enumerate(person_keys):
-            fields, pttl_ms, has_thumbnail = people_raw[3 * i : 3 * i + 3]
-            if not fields or pttl_ms == -2:
-                gone_keys.append(key)
-                continue
-            expires_s = now_s + pttl_ms / 1000 if pttl_ms >= 0 else None
-            people[key] = _person_view(fields, expires_s, self._known_people.get(key, now_s))
-            people[key]["thumbnail"] = bool(has_thumbnail)
+        people, gone_keys = people_views(
+            person_keys, results[len(stream_ids) :], self._known_people, now_s
+        )
         with self._lock:
             for key in gone_keys:
                 self._known_people.pop(key, None)
-            messages = []
-            changed_streams = {k: v for k, v in streams.items() if self._streams.get(k) != v}
-            removed_streams = [k for k in self._streams if k not in streams]
-            if changed_streams or removed_streams:
-                messages.append((None, _diff_message("streams", changed_streams, removed_streams)))
-            changed_people = {
-                k: v for k, v in people.items() if _person_changed(self._people.get(k), v)
-            }
-            removed_people = [k for k in self._people if k not in people]
-            if changed_people or removed_people:
-                messages.append((None, _diff_message("people", changed_people, removed_people)))
+            _, streams_message = diff("streams", self._streams, streams, operator.ne)
+            changed_people, people_message = diff("people", self._people, people, person_changed)
+            messages = [(None, m) for m in (streams_message, people_message) if m is not None]
             self._streams = streams
             self._people = {
                 **{k: self._people[k] for k in people if k in self._people},
@@ -521,53 +409,3 @@ class DashboardHub:
                 url=redact_url(self._url),
                 error=f"{type(exc).__name__}: {exc}",
             )
-
-
-def _stream_view(fields: dict[str, str]) -> dict[str, str]:
-    """A status hash as the page gets it: every field, as strings (newer fields included)."""
-    return dict(sorted(fields.items()))
-
-
-def _person_view(
-    fields: dict[str, str], expires_s: float | None, first_seen_s: float
-) -> dict[str, Any]:
-    """A person hash as the page gets it: the latest event per task, parsed; other fields
-    as strings. A task field that is not JSON is passed on as its text."""
-    tasks: dict[str, Any] = {}
-    other: dict[str, str] = {}
-    for name, value in fields.items():
-        if name in _TASK_FIELDS and value.startswith("{"):
-            try:
-                tasks[name] = json.loads(value)
-                continue
-            except ValueError:
-                pass
-        other[name] = value
-    window_starts = [
-        t.get("frame_wall_time_s", 0) - (t.get("window_end_s", 0) - t.get("window_start_s", 0))
-        for t in tasks.values()
-        if isinstance(t, dict) and isinstance(t.get("frame_wall_time_s"), int | float)
-    ]
-    return {
-        "fields": other,
-        "tasks": tasks,
-        "expires_s": expires_s,
-        "first_seen_s": min([first_seen_s, *window_starts]),
-    }
-
-
-def _person_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    if old is None or old["fields"] != new["fields"] or old["tasks"] != new["tasks"]:
-        return True
-    if old.get("thumbnail") != new.get("thumbnail"):
-        return True
-    if (old["expires_s"] is None) != (new["expires_s"] is None):
-        return True
-    return (
-        old["expires_s"] is not None
-        and abs(old["expires_s"] - new["expires_s"]) > EXPIRY_TOLERANCE_S
-    )
-
-
-def _diff_message(kind: str, changed: dict[str, Any], removed: list[str]) -> bytes:
-    return sse_message(kind, json.dumps({"changed": changed, "removed": removed}))

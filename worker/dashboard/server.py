@@ -13,17 +13,18 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import threading
 from http import HTTPStatus
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 import redis
 import structlog
 
-from worker.dashboard.hub import DashboardHub, EntryId, sse_message
+from worker.dashboard.feed import EntryId, sse_message
+from worker.dashboard.hub import DashboardHub
+from worker.http_thread import HttpThread
 
 log = structlog.get_logger(__name__)
 
@@ -115,30 +116,26 @@ class DashboardServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # one line per request (and per reconnect) would flood the logs
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = False  # server_close() joins the page threads
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="dashboard-http", daemon=True
+        # stop() joins the page threads too
+        self._http = HttpThread(
+            host, port, Handler, thread_name="dashboard-http", join_requests=True
         )
 
     @property
     def port(self) -> int:
         """The bound port (when the settings asked for port 0)."""
-        return int(self._server.server_address[1])
+        return self._http.port
 
     def start(self) -> DashboardServer:
         """Start the hub's threads and serve in the background."""
         self.hub.start()
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
         """Close every page, stop serving, join all threads."""
         self.hub.stop()  # closes the subscribers: page threads return from their wait
-        if self._thread.ident is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()
+        self._http.stop()
 
     # -- requests --------------------------------------------------------------------------
 
