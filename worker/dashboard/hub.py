@@ -42,6 +42,7 @@ from worker.dashboard.feed import (
     sse_message,
     stream_view,
 )
+from worker.dashboard.replay import READ_PAGE_EVENTS, replay_events
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
 from worker.thumbnails import is_thumbnail
@@ -51,10 +52,6 @@ log = structlog.get_logger(__name__)
 # An entry whose event JSON is larger than this is not sent (FaceEvents are < 2 KiB;
 # a foreign writer's giant entry must not cut off every page).
 MAX_EVENT_BYTES = 65536
-# Entries read from the events stream per round trip.
-READ_PAGE_EVENTS = 500
-# A page that was away longer than this many events gets the newest ones and a `gap` notice.
-REPLAY_MAX_EVENTS = 10000
 # Person keys the hub follows at most (each costs one HGETALL + PTTL per poll).
 MAX_PEOPLE = 20000
 
@@ -195,44 +192,9 @@ class DashboardHub:
         }
 
     def replay(self, since: EntryId | None) -> tuple[list[FeedEvent], str | None]:
-        """Events a page needs before the live feed, oldest first: those after `since`
-        (exclusive), or for a new page the newest `history_events` of the last
-        `timeline_s`. The second value says why some are missing (None: nothing is)."""
-        if since is None:
-            if self.settings.history_events == 0:
-                return [], None
-            oldest = EntryId(int((time.time() - self.settings.timeline_s) * 1000), 0)
-            raw = self._client.xrevrange(
-                self.keys.events, "+", str(oldest), count=self.settings.history_events
-            )
-            return self._feed(list(reversed(raw))), None
-        events: list[FeedEvent] = []
-        cursor = f"({since}"
-        while True:
-            raw = self._client.xrange(self.keys.events, cursor, "+", count=READ_PAGE_EVENTS)
-            events.extend(self._feed(raw))
-            if len(events) > REPLAY_MAX_EVENTS:
-                # Away too long: the newest REPLAY_MAX_EVENTS are enough for a page.
-                raw = self._client.xrevrange(self.keys.events, "+", "-", count=REPLAY_MAX_EVENTS)
-                newest = self._feed(list(reversed(raw)))
-                return newest, f"more than {REPLAY_MAX_EVENTS} events missed; older ones skipped"
-            if len(raw) < READ_PAGE_EVENTS:
-                break
-            cursor = f"({raw[-1][0]}"
-        return events, self._trimmed_after(since)
-
-    def _trimmed_after(self, since: EntryId) -> str | None:
-        """Why entries after `since` are missing (the stream's MAXLEN trimmed them), or None."""
-        if since == EntryId(0, 0):
-            return None
-        first = self._client.xrange(self.keys.events, "-", "+", count=1)
-        if not first or EntryId.parse(first[0][0]) <= since:
-            return None
-        # Redis >= 7 reports the largest id it ever deleted: a gap only if it is past `since`.
-        max_deleted = self._client.xinfo_stream(self.keys.events).get("max-deleted-entry-id")
-        if max_deleted is not None and EntryId.parse(max_deleted) <= since:
-            return None
-        return "the events stream was trimmed (MAXLEN) past the last event this page had"
+        """Events a page needs before the live feed, oldest first, and why some are
+        missing (None: nothing is); see `worker.dashboard.replay`."""
+        return replay_events(self._client, self.keys.events, self.settings, since, self._feed)
 
     # -- threads ---------------------------------------------------------------------------
 
