@@ -122,9 +122,13 @@ def main(argv: list[str] | None = None, snapshot: Snapshot = hub_snapshot) -> in
     parser.add_argument("--wait-s", type=float, default=3600.0, help="Wait for another pod.")
     args = parser.parse_args(argv)
 
-    from worker.settings import Settings
+    from worker.settings import Settings, SettingsError
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except SettingsError as error:  # one line, like every facestream command
+        print(f"fetch_weights: {error}", file=sys.stderr)
+        return 2
     model, detector = settings.model.model, settings.detector.weights
     root = cache_root()
     marker = marker_path(root, model, detector, args.extra_repo)

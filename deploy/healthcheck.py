@@ -9,9 +9,13 @@ import urllib.request
 
 def main() -> int:
     """0 when /healthz answers 200, else 1."""
-    from worker.settings import Settings
+    from worker.settings import Settings, SettingsError
 
-    port = Settings().http.port
+    try:
+        port = Settings().http.port
+    except SettingsError as error:  # one line, like every facestream command
+        print(f"healthcheck: {error}", file=sys.stderr)
+        return 1
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
             return 0 if reply.status == 200 else 1

@@ -241,3 +241,23 @@ def test_submit_to_a_0_9_broker_without_api_version_names_the_setting(
     lines = completed.stderr.splitlines()
     assert len(lines) == 1, completed.stderr
     assert "older than 0.10" in lines[0] and "FACESTREAM_KAFKA__API_VERSION" in lines[0]
+
+
+@pytest.mark.parametrize(("script", "status"), [("fetch_weights.py", 2), ("healthcheck.py", 1)])
+def test_deploy_scripts_refuse_a_mistyped_setting_in_one_line(script: str, status: int) -> None:
+    """The init container and the image's HEALTHCHECK read the same settings: a typo is
+    one line naming the closest setting, not a traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env["FACESTREAM_REDIS_URL"] = "redis://elsewhere:6379/0"
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "deploy" / script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == status
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "FACESTREAM_REDIS__URL" in lines[0]
