@@ -363,3 +363,28 @@ def test_page_assets_ship_as_package_data() -> None:
     script = (static / "app.js").read_text()
     assert "<script>" not in page and "style=" not in page  # the CSP allows no inline code
     assert "innerHTML" not in script and "insertAdjacentHTML" not in script
+
+
+def test_foreign_entries_in_the_events_stream_never_stop_the_feed(
+    publisher: EventPublisher, start_dashboard, redis_server, redis_settings: RedisSettings
+) -> None:
+    """Entries another writer left (a track id int() would choke on, bytes that are not
+    UTF-8) neither kill the live reader nor break a page's replay: the good events around
+    them still arrive, live and replayed."""
+    events_key = RedisKeys(redis_settings.prefix).events
+    raw = redis_server.client()
+    publisher.publish(face_event("cam-f", 1, 0))
+    assert publisher.flush(5)
+    raw.xadd(events_key, {"event": '{"x": 1}', "track_id": "--1", "stream_id": "cam-f"})
+    raw.xadd(events_key, {"event": b'{"x": "\xff\xfe"}', "track_id": "\xb2", "stream_id": b"\xff"})
+    server = start_dashboard()
+    conn = SseConnection("127.0.0.1", server.port)
+    replayed = take(conn, "face", 3)  # the replay gets past both foreign entries
+    assert json.loads(replayed[0].data)["stream_id"] == "cam-f"
+    assert replayed[1].data == '{"x": 1}' and "\\xff" in replayed[2].data  # shown as such
+    raw.xadd(events_key, {"event": b'{"y": "\xff"}', "track_id": "--2"})
+    publisher.publish(face_event("cam-f", 1, 1, "sad"))
+    live = take(conn, "face", 2)
+    assert json.loads(live[-1].data)["result"]["label"] == "sad"  # the live reader survived
+    conn.close()
+    assert server.hub.is_alive()

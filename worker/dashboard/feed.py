@@ -5,6 +5,7 @@ the views of status and person hashes with the diffs between polls."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.facellava.tasks import Task
+
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # a track id as the worker writes it
 
 # A person's expiry is re-sent only when it moved by more than this (polls jitter by ms).
 EXPIRY_TOLERANCE_S = 0.75
@@ -182,7 +185,7 @@ def feed_events(raw: Any, max_event_bytes: int) -> tuple[list[FeedEvent], int]:
                 entry_id=EntryId.parse(entry_id),
                 event_json=event_json,
                 stream_id=fields.get("stream_id", ""),
-                track_id=int(track) if track.lstrip("-").isdigit() else None,
+                track_id=int(track) if _INTEGER.fullmatch(track) else None,
                 task=fields.get("task", ""),
                 session=fields.get("session", ""),
             )

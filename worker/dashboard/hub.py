@@ -42,7 +42,7 @@ from worker.dashboard.feed import (
     sse_message,
     stream_view,
 )
-from worker.dashboard.replay import READ_PAGE_EVENTS, replay_events
+from worker.dashboard.replay import READ_PAGE_EVENTS, EventsStream, replay_events
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
 from worker.thumbnails import is_thumbnail
@@ -92,6 +92,7 @@ class DashboardHub:
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
         )
+        self._events = EventsStream(self._client, self._binary_client, self.keys.events)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # subscribers and the snapshot below
         self._subscribers: set[Subscriber] = set()
@@ -194,7 +195,7 @@ class DashboardHub:
     def replay(self, since: EntryId | None) -> tuple[list[FeedEvent], str | None]:
         """Events a page needs before the live feed, oldest first, and why some are
         missing (None: nothing is); see `worker.dashboard.replay`."""
-        return replay_events(self._client, self.keys.events, self.settings, since, self._feed)
+        return replay_events(self._events, self.settings, since, self._feed)
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -206,7 +207,7 @@ class DashboardHub:
             self.failure = exc
 
     def _newest_entry(self) -> EntryId:
-        last = self._client.xrevrange(self.keys.events, "+", "-", count=1)
+        last = self._events.revrange("+", "-", count=1)
         return EntryId.parse(last[0][0]) if last else EntryId(0, 0)
 
     def _live_loop(self) -> None:
@@ -240,7 +241,7 @@ class DashboardHub:
 
     def _read_after(self, cursor: EntryId) -> EntryId:
         while not self._stop.is_set():
-            raw = self._client.xrange(self.keys.events, f"({cursor}", "+", count=READ_PAGE_EVENTS)
+            raw = self._events.range(f"({cursor}", "+", count=READ_PAGE_EVENTS)
             if not raw:
                 return cursor
             events = self._feed(raw)
