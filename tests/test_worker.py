@@ -136,6 +136,19 @@ def test_invalid_update_of_a_running_stream_keeps_its_error_status(bare_worker) 
     assert record.source is not None and record.source._stop.is_set()
 
 
+def test_a_tick_between_an_invalid_record_and_its_stop_keeps_the_error_status(
+    bare_worker,
+) -> None:
+    record = _record(bare_worker)
+    bare_worker.supervisor.on_invalid("cam-u", "invalid StreamSpec: url: missing")
+    bare_worker.supervisor.refresh(record)  # the watcher has not handed over the stop yet
+    bare_worker.supervisor.on_change(DesiredChange(stopped=frozenset({"cam-u"})))
+    bare_worker.supervisor.reconcile()
+    status = _pending_status(bare_worker, "cam-u")
+    assert status is not None and status.state == StreamState.ERROR
+    assert "invalid assignment" in status.error
+
+
 def test_tombstone_of_a_running_stream_leaves_a_stopped_status_saying_why(bare_worker) -> None:
     _record(bare_worker)
     before_s = time.time()

@@ -169,6 +169,8 @@ class Supervisor:
     def refresh(self, record: StreamRecord) -> None:
         """Finish an ended stream, retire a failed one, or write a running one's status."""
         record.update_rates()
+        if record.invalid:
+            return  # its `error` status (written by `on_invalid`) stands until the stop comes
         if record.flushed and not self._queue.has_stream(record.stream_id):
             record.retired = True  # not restarted before the tombstone
             self._write_status(record, StreamState.DONE)
