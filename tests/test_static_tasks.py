@@ -78,3 +78,12 @@ def test_bad_settings_are_refused():
         StaticTaskPolicy(refresh_interval_s=0)
     with pytest.raises(ValueError):
         StaticTaskPolicy(quality_margin=-0.1)
+
+
+def test_a_new_session_of_a_stream_asks_its_track_ids_everything_again():
+    """A restarted live stream starts its track ids (and stream time) again: its track 1
+    is someone else, so nothing answered for the old session's track 1 carries over."""
+    policy = StaticTaskPolicy(quality_margin=0.15, refresh_interval_s=60)
+    policy.mark_answered("cam", 1, ALL, 0.9, at_s=3600.0, session="run-1")
+    assert policy.tasks_for("cam", 1, ALL, 0.5, at_s=3602.0, session="run-1") == DYNAMIC
+    assert policy.tasks_for("cam", 1, ALL, 0.5, at_s=2.0, session="run-2") == ALL

@@ -182,7 +182,10 @@ class ModelStage(StageThread):
         self._static = static_tasks
         # (stream, track) → static tasks asked by a window still in the engine: a second
         # window of the same person does not ask them again meanwhile.
-        self._static_in_flight: dict[tuple[str, int], tuple[WindowJob, frozenset[Task]]] = {}
+        # Keyed by (window key, session): a restarted stream's track ids are other people.
+        self._static_in_flight: dict[
+            tuple[tuple[str, int], str], tuple[WindowJob, frozenset[Task]]
+        ] = {}
         self._forgotten: stdlib_queue.SimpleQueue[str] = stdlib_queue.SimpleQueue()
 
     @classmethod
@@ -257,19 +260,20 @@ class ModelStage(StageThread):
                 continue
             static = self._static_tasks_of(job)
             if static:
-                self._static_in_flight[job.key] = (job, static)
+                self._static_in_flight[(job.key, job.session)] = (job, static)
 
     def _with_needed_tasks(self, job: WindowJob) -> WindowJob:
         if self._static is None:
             return job
         window = job.request.clip.window
-        asking = self._static_in_flight.get(job.key, (job, frozenset()))[1]
+        asking = self._static_in_flight.get((job.key, job.session), (job, frozenset()))[1]
         needed = self._static.tasks_for(
             window.stream_id,
             window.track_id,
             (t for t in job.tasks if t not in asking),
             job.request.image.quality,
             window.window_end_s,
+            session=job.session,
         )
         return dataclasses.replace(job, tasks=needed) if needed != job.tasks else job
 
@@ -294,6 +298,7 @@ class ModelStage(StageThread):
                     (Task(event.task) for event in item.events),
                     item.job.request.image.quality,
                     window.window_end_s,
+                    session=item.job.session,
                 )
             if item.finished:
                 self._retire([item.job], drop_reason=None)
@@ -302,9 +307,9 @@ class ModelStage(StageThread):
         """Windows that left the engine: done in the queue (after their events went out,
         so a finished stream is marked done only then), counted when dropped."""
         for job in jobs:
-            asking = self._static_in_flight.get(job.key)
+            asking = self._static_in_flight.get((job.key, job.session))
             if asking is not None and asking[0] is job:
-                del self._static_in_flight[job.key]
+                del self._static_in_flight[(job.key, job.session)]
         if drop_reason is not None and jobs:
             self._queue.count_drop(drop_reason, len(jobs))
         self._queue.done(jobs)

@@ -52,7 +52,8 @@ class StaticTaskPolicy:
         self.refresh_interval_s = refresh_interval_s
         self.static_tasks = frozenset(static_tasks)
         self.max_tracks = max_tracks
-        self._answered: OrderedDict[tuple[str, int], dict[Task, _Answered]] = OrderedDict()
+        # (stream, session, track): a restarted live stream's track 1 is someone else.
+        self._answered: OrderedDict[tuple[str, str, int], dict[Task, _Answered]] = OrderedDict()
 
     def __len__(self) -> int:
         """Tracks remembered."""
@@ -65,9 +66,12 @@ class StaticTaskPolicy:
         tasks: Iterable[Task],
         crop_quality: float,
         at_s: float,
+        *,
+        session: str = "",
     ) -> tuple[Task, ...]:
-        """The subset of `tasks` (order kept) this window should ask; `at_s` is its time."""
-        known = self._answered.get((stream_id, track_id), {})
+        """The subset of `tasks` (order kept) this window should ask; `at_s` is its time
+        (stream time of `session`, so times of different sessions are never compared)."""
+        known = self._answered.get((stream_id, session, track_id), {})
         chosen = []
         for task in tasks:
             last = known.get(task) if task in self.static_tasks else None
@@ -86,12 +90,14 @@ class StaticTaskPolicy:
         tasks: Iterable[Task],
         crop_quality: float,
         at_s: float,
+        *,
+        session: str = "",
     ) -> None:
         """Remember that `tasks` were answered on a crop of `crop_quality` at `at_s`."""
         static = [task for task in tasks if task in self.static_tasks]
         if not static:
             return
-        key = (stream_id, track_id)
+        key = (stream_id, session, track_id)
         known = self._answered.pop(key, {})
         for task in static:
             known[task] = _Answered(crop_quality, at_s)
@@ -99,9 +105,9 @@ class StaticTaskPolicy:
         while len(self._answered) > self.max_tracks:
             self._answered.popitem(last=False)
 
-    def forget_track(self, stream_id: str, track_id: int) -> None:
+    def forget_track(self, stream_id: str, track_id: int, *, session: str = "") -> None:
         """Drop one track (it ended)."""
-        self._answered.pop((stream_id, track_id), None)
+        self._answered.pop((stream_id, session, track_id), None)
 
     def forget_stream(self, stream_id: str) -> None:
         """Drop every track of a stream (it stopped)."""
