@@ -48,3 +48,13 @@ def test_fp8_linear_keeps_shapes_and_bias():
     assert (
         fp8.dequantized_weight() - linear.weight
     ).abs().max() <= 2**-4 * linear.weight.abs().max()
+
+
+def test_fp8_with_a_dtype_other_than_bfloat16_is_refused_when_configured() -> None:
+    from pydantic import ValidationError
+
+    from models.facellava.options import ModelOptions
+
+    assert ModelOptions(fp8="weights_kv").dtype == "bfloat16"
+    with pytest.raises(ValidationError, match="needs dtype 'bfloat16'"):
+        ModelOptions(fp8="weights", dtype="float16")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ModelOptions(BaseModel):
@@ -68,6 +68,14 @@ class ModelOptions(BaseModel):
         "off",
         description=(
             "FP8 language-model weights (and KV cache) on Hopper GPUs (compute capability 9.0+); "
-            "refused elsewhere."
+            "refused elsewhere; needs dtype bfloat16."
         ),
     )
+
+    @model_validator(mode="after")
+    def _fp8_needs_bfloat16(self) -> ModelOptions:
+        # Row-wise scaled FP8 matmuls (torch._scaled_mm) write bfloat16 only: refuse the
+        # combination here instead of failing at the first forward on the GPU.
+        if self.fp8 != "off" and self.dtype != "bfloat16":
+            raise ValueError(f"fp8={self.fp8!r} needs dtype 'bfloat16', not {self.dtype!r}")
+        return self

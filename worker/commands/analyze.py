@@ -33,6 +33,7 @@ from worker.commands import add_command
 from worker.commands.detect import CLI_GIVE_UP_AFTER_FAILURES
 from worker.commands.facellava_common import add_model_arguments
 from worker.commands.local_video import (
+    ANALYZE_QUEUE_BYTES,
     analyze_queue_frames,
     file_duration_s,
     file_frame_pixels,
@@ -351,6 +352,7 @@ def _settings_from_args(settings: Settings, args: argparse.Namespace) -> Setting
         "queue_frames": analyze_queue_frames(
             min(file_frame_pixels(args.source) or max_pixels, max_pixels)
         ),
+        "queue_bytes": ANALYZE_QUEUE_BYTES,  # the frame count above already fits in it
         # A camera that cannot be opened ends the command (exit 1) instead of waiting for ever.
         "give_up_after_failures": settings.source.give_up_after_failures
         or CLI_GIVE_UP_AFTER_FAILURES,

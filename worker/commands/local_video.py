@@ -34,8 +34,20 @@ def _probe_local_file(source_url: str, read: Callable[[Any], _T | None]) -> _T |
         return None
     import av
 
+    from ingest.urls import UnsupportedURLError, check_source_url
+
     try:
-        with av.open(str(path)) as container:
+        url = check_source_url(str(path), allow_file=True)
+    except UnsupportedURLError:
+        return None  # the source itself reports why
+    # The same whitelists as the source: a local "video" that is really a playlist must
+    # not make FFmpeg fetch other files or hosts while its header is read.
+    options = {
+        "protocol_whitelist": url.protocol_whitelist,
+        "format_whitelist": url.format_whitelist,
+    }
+    try:
+        with av.open(str(path), options=options) as container:
             return read(container)
     except av.FFmpegError:
         return None
