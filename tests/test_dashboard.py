@@ -388,3 +388,15 @@ def test_foreign_entries_in_the_events_stream_never_stop_the_feed(
     assert json.loads(live[-1].data)["result"]["label"] == "sad"  # the live reader survived
     conn.close()
     assert server.hub.is_alive()
+
+
+def test_dashboard_binds_the_ipv6_loopback(redis_settings: RedisSettings) -> None:
+    """`--host ::1` (loopback, no token needed) serves the page over IPv6."""
+    server = DashboardServer(DashboardHub(redis_settings, DashboardSettings()), "::1", 0, None)
+    server.start()
+    try:
+        url = f"http://[::1]:{server.port}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            assert reply.status == 200
+    finally:
+        server.stop()

@@ -3,6 +3,8 @@ worker's health endpoints and the dashboard)."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,7 +25,8 @@ class HttpThread:
     ) -> None:
         """`join_requests`: `stop` also waits for the request threads (long-lived pages)
         instead of leaving them as daemons (short probes)."""
-        self._server = ThreadingHTTPServer((host, port), handler)
+        server_class = _IPv6Server if _is_ipv6(host) else ThreadingHTTPServer
+        self._server = server_class((host, port), handler)
         self._server.daemon_threads = not join_requests
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=thread_name, daemon=True
@@ -44,3 +47,14 @@ class HttpThread:
             self._server.shutdown()  # waits for serve_forever: only once it ran
             self._thread.join(timeout=_JOIN_S)
         self._server.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version == 6
+    except ValueError:
+        return False  # a host name: resolved as IPv4 by the standard server
