@@ -21,6 +21,7 @@ from models.facellava.answers import (
 from tests.services.redis_server import RedisServer, free_port
 from worker.events import FaceEvent, event_id_for
 from worker.publisher import EventPublisher, PublisherDiedError
+from worker.redis_keys import RedisKeys
 from worker.settings import RedisSettings
 from worker.status import StreamState, StreamStatus, StreamStatusReader
 
@@ -423,3 +424,19 @@ def test_a_failed_stream_write_leaves_no_seen_marker_so_the_event_is_not_lost(
         assert publisher.stats().duplicates_suppressed == 0
     finally:
         publisher.stop()
+
+
+def test_streams_whose_status_expired_leave_the_streams_set(redis_server: RedisServer) -> None:
+    """Every status write refreshes `{p}:streams`' TTL, so ids of streams that ended long ago
+    would stay for ever: the writer drops those whose status hash is gone."""
+    settings = settings_for(redis_server.url)
+    keys = RedisKeys(settings.prefix)
+    client = redis_server.client()
+    client.sadd(keys.streams, "gone-1", "gone:2", "alive")
+    with EventPublisher(settings) as publisher:
+        publisher.update_status(StreamStatus("alive", StreamState.RUNNING, "w", time.time()))
+        assert publisher.flush(5)
+        deadline = time.monotonic() + 5
+        while client.scard(keys.streams) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert client.smembers(keys.streams) == {"alive"}

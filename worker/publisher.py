@@ -30,12 +30,15 @@ from ingest.urls import redact_url
 from worker.events import FaceEvent
 from worker.kafka_events import KafkaEventMirror, KafkaMirrorStats
 from worker.redis_keys import RedisKeys
-from worker.redis_writes import PUBLISH_LUA, queue_event, queue_status
+from worker.redis_writes import PUBLISH_LUA, prune_streams_set, queue_event, queue_status
 from worker.settings import RedisSettings, Settings
 from worker.status import StreamStatus
 from worker.writer_thread import WriterThread
 
 log = structlog.get_logger(__name__)
+
+STREAMS_PRUNE_INTERVAL_S = 60.0
+"""How often the writer drops expired streams from `{p}:streams` (one bounded round)."""
 
 
 class PublisherDiedError(RuntimeError):
@@ -80,6 +83,8 @@ class EventPublisher(WriterThread):
         super().__init__(thread_name, died_event="publisher.died")
         self._settings = settings
         self._keys = RedisKeys(settings.prefix)
+        self._prune_cursor = 0  # SSCAN position in `{p}:streams`
+        self._next_prune_s = 0.0  # monotonic time of the next prune round
         self._batch_max_events = batch_max_events
         self._client = redis.Redis.from_url(
             settings.url,
@@ -254,6 +259,17 @@ class EventPublisher(WriterThread):
                 continue
             self._after_success(batch, statuses, results)
             backoff.reset()
+            self._prune_streams_set_when_due()
+
+    def _prune_streams_set_when_due(self) -> None:
+        now_s = time.monotonic()
+        if now_s < self._next_prune_s:
+            return
+        self._next_prune_s = now_s + STREAMS_PRUNE_INTERVAL_S
+        try:
+            self._prune_cursor = prune_streams_set(self._client, self._keys, self._prune_cursor)
+        except redis.RedisError as exc:  # the next round tries again; writes are unaffected
+            log.debug("streams set prune failed", error=str(exc))
 
     def _write(
         self, batch: list[_QueuedEvent], statuses: dict[str, StreamStatus | None]

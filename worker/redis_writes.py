@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import redis
 from redis.client import Pipeline
 
 from worker.events import FaceEvent
@@ -112,3 +113,24 @@ def queue_status(
         pipe.expire(keys.stream(stream_id), settings.status_ttl_s)
         pipe.sadd(keys.streams, stream_id)
         pipe.expire(keys.streams, settings.status_ttl_s)
+
+
+STREAMS_PRUNE_BATCH = 500
+"""Members of `{p}:streams` checked per prune round (bounded work per call)."""
+
+
+def prune_streams_set(client: redis.Redis, keys: RedisKeys, cursor: int) -> int:
+    """Remove from `{p}:streams` up to `STREAMS_PRUNE_BATCH` ids whose status hash has
+    expired (every worker refreshes the set's TTL, so without this it only ever grows with
+    stream-id churn); returns the SSCAN cursor to continue from (0: a full pass ended)."""
+    cursor, members = client.sscan(keys.streams, cursor, count=STREAMS_PRUNE_BATCH)
+    if not members:
+        return int(cursor)
+    pipe = client.pipeline(transaction=False)
+    for member in members:
+        text = member.decode("utf-8", "surrogateescape") if isinstance(member, bytes) else member
+        pipe.exists(keys.stream(text))
+    gone = [member for member, exists in zip(members, pipe.execute(), strict=True) if not exists]
+    if gone:
+        client.srem(keys.streams, *gone)
+    return int(cursor)
