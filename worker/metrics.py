@@ -205,9 +205,6 @@ class Metrics:
         self.events = Counter(
             "facestream_events", "Events handed to the publisher.", ["task"], registry=r
         )
-        self.invalid_specs = Counter(
-            "facestream_invalid_specs", "Assignment records sent to the DLQ.", registry=r
-        )
 
     def collect_stages(
         self,
@@ -336,4 +333,10 @@ class StageCollector(Collector):
             "facestream_rebalances",
             "Kafka group assignments that changed this worker's partitions.",
             value=status.rebalances,
+        )
+        yield CounterMetricFamily(
+            "facestream_invalid_specs",
+            "Invalid assignment records, each counted once (the first time it is read; "
+            "these go to the DLQ).",
+            value=status.invalid_records,
         )

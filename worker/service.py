@@ -75,7 +75,6 @@ class Worker:
             self.publisher,
             wake_detector=self.wake_detector,
             mark_done=lambda stream_id: self.watcher.mark_done(stream_id),
-            on_invalid_spec=self.metrics.invalid_specs.inc,
             on_stream_stopped=self._forget_stream,
         )
         self.watcher = AssignmentWatcher(

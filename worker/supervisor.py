@@ -42,7 +42,6 @@ class Supervisor:
         *,
         wake_detector: threading.Event,
         mark_done: Callable[[str], bool],
-        on_invalid_spec: Callable[[], None],
         on_stream_stopped: Callable[[str], None] = lambda _stream_id: None,
     ) -> None:
         self._settings = settings
@@ -51,7 +50,6 @@ class Supervisor:
         self._publisher = publisher
         self._wake_detector = wake_detector
         self._mark_done = mark_done
-        self._on_invalid_spec = on_invalid_spec
         self._on_stream_stopped = on_stream_stopped
         self.changed = threading.Event()
         self._pending_lock = threading.Lock()
@@ -73,7 +71,6 @@ class Supervisor:
 
     def on_invalid(self, stream_id: str | None, reason: str) -> None:
         """An invalid record: its stream's status says why, and survives the stop."""
-        self._on_invalid_spec()
         if stream_id is None:
             return
         record = self._streams.get(stream_id)

@@ -350,10 +350,11 @@ class AssignmentWatcher:
                 self._state = WatcherState.CONNECTING
 
     def _reject(self, record: ConsumerRecord, error: InvalidRecordError, first_time: bool) -> None:
+        if not first_time:
+            return  # checked, counted and sent to the DLQ before the last rebalance
         with self._lock:
             self._counts["invalid"] += 1
-        if first_time:  # else checked (and sent to the DLQ) before the last rebalance
-            self._dead_letters.send(self._producer, record, error)
+        self._dead_letters.send(self._producer, record, error)
 
     def _report_invalid(self, stream_id: str | None, reason: str) -> None:
         try:
