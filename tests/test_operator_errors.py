@@ -261,3 +261,22 @@ def test_deploy_scripts_refuse_a_mistyped_setting_in_one_line(script: str, statu
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "FACESTREAM_REDIS__URL" in lines[0]
+
+
+def test_every_facestream_variable_the_project_reads_is_a_setting_or_allowed() -> None:
+    """A variable our tests or scripts read (`FACESTREAM_ARTIFACTS`, ...) must not make the
+    worker refuse to start when an operator or CI sets it."""
+    import re
+
+    from worker.settings import NOT_SETTINGS, check_environment, setting_variable_names
+
+    root = Path(__file__).resolve().parent.parent
+    read = set()
+    for folder in ("tests", "scripts", "deploy", "worker", "ingest", "models"):
+        for path in (root / folder).rglob("*.py"):
+            read |= set(
+                re.findall(r"environ\.get\(\s*\"(FACESTREAM_[A-Z0-9_]+)\"", path.read_text())
+            )
+    assert read, "the scan found nothing: its pattern is wrong"
+    assert read <= setting_variable_names() | set(NOT_SETTINGS)
+    check_environment({name: "x" for name in read})  # refuses nothing

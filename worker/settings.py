@@ -28,6 +28,10 @@ ENV_NESTED_DELIMITER = "__"
 NOT_SETTINGS: dict[str, str] = {
     "FACESTREAM_TESTDATA": "folder of the test data, read by the tests and `bench`",
     "FACESTREAM_KAFKA_CACHE": "where the tests keep their Kafka 0.9 test broker",
+    "FACESTREAM_PLAYWRIGHT_CACHE": "where the browser tests keep playwright-core",
+    "FACESTREAM_CHROMIUM": "the Chromium binary the browser tests drive",
+    "FACESTREAM_ARTIFACTS": "where the browser tests keep their screenshots",
+    "FACESTREAM_UPDATE_DOCS_SCREENSHOT": "the browser test rewrites docs/dashboard.png",
 }
 """`FACESTREAM_*` variables that are legitimately not settings (the README lists them)."""
 # What Kubernetes injects for a Service named facestream-*: FACESTREAM_WORKER_SERVICE_HOST,
