@@ -45,12 +45,12 @@ Pull from one consumer, blocking (one stream) or not (many streams, one thread):
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import os
 import stat
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -59,6 +59,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingest.backoff import Backoff
+from ingest.bounded import BoundedItems
 from ingest.frames import Frame
 from ingest.urls import SourceURL, UnsupportedURLError, check_source_url, scrub_secrets
 from models.overrides import with_overrides
@@ -346,48 +347,36 @@ class _End:
 
 
 class _FrameQueue:
-    """The frames waiting for the consumer, bounded by count and by bytes of pixels.
-
-    An item fits when fewer than `max_items` wait and its bytes fit under `max_bytes`; an
-    empty queue takes any one frame, so a frame larger than `max_bytes` still moves (one
-    at a time). The end marker counts as an item of no bytes.
-    """
+    """The frames waiting for the consumer, bounded by count and by bytes of pixels
+    (`ingest.bounded`: an empty queue takes any one frame). The end marker counts as an
+    item of no bytes."""
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
-        self.max_items = max_items
-        self.max_bytes = max_bytes
-        self._items: deque[Frame | _End] = deque()
-        self._bytes = 0
-        self._cond = threading.Condition()
+        self._items: BoundedItems[int, Frame | _End] = BoundedItems(
+            max_items, max_bytes, self._size
+        )
+        self._cond = self._items.cond
+        self._next_key = itertools.count()
 
     @staticmethod
     def _size(item: Frame | _End) -> int:
         return int(item.image_bgr.nbytes) if isinstance(item, Frame) else 0
 
-    def _fits(self, item: Frame | _End) -> bool:
-        if not self._items:
-            return True
-        return len(self._items) < self.max_items and self._bytes + self._size(item) <= (
-            self.max_bytes
-        )
-
     def _append(self, item: Frame | _End) -> None:
-        self._items.append(item)
-        self._bytes += self._size(item)
+        self._items.add(next(self._next_key), item)
         self._cond.notify_all()
 
     def _pop(self) -> Frame | _End:
-        item = self._items.popleft()
-        self._bytes -= self._size(item)
+        item = self._items.remove_oldest()
         self._cond.notify_all()
         return item
 
     def put(self, item: Frame | _End, timeout_s: float) -> bool:
         """Queue `item`, waiting up to `timeout_s` for room; False when there was none."""
         with self._cond:
-            if not self._fits(item):
+            if not self._items.fits(item):
                 self._cond.wait(timeout_s)
-                if not self._fits(item):
+                if not self._items.fits(item):
                     return False
             self._append(item)
             return True
@@ -397,7 +386,7 @@ class _FrameQueue:
         how many frames were dropped."""
         dropped = 0
         with self._cond:
-            while not self._fits(item):
+            while not self._items.fits(item):
                 if isinstance(self._pop(), Frame):
                     dropped += 1
             self._append(item)
@@ -411,14 +400,12 @@ class _FrameQueue:
             return self._pop() if self._items else None
 
     def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
+        return len(self._items)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the frames waiting now."""
-        with self._cond:
-            return self._bytes
+        return self._items.nbytes
 
 
 class _StopRequestedError(Exception):

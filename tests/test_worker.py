@@ -30,6 +30,7 @@ from worker.scheduler import WindowJob, WindowQueue
 from worker.service import SUPERVISOR_STALL_S, Worker
 from worker.settings import Settings
 from worker.specs import StreamSpec
+from worker.static_tasks import Sighting
 from worker.status import StreamState, StreamStatus
 from worker.watcher import DesiredChange
 
@@ -249,11 +250,11 @@ def test_stopping_a_stream_makes_the_model_stage_forget_its_people(bare_worker) 
     bare_worker.build_stages(None, None)  # type: ignore[arg-type]
     policy = bare_worker.model._static
     assert policy is not None, "static tasks are on by default"
-    policy.mark_answered("cam-u", 1, (Task.AGE,), 0.5, at_s=0.0)
-    assert policy.tasks_for("cam-u", 1, (Task.AGE,), 0.5, at_s=2.0) == ()
+    policy.mark_answered(Sighting("cam-u", 1, 0.5, 0.0), (Task.AGE,))
+    assert policy.tasks_for(Sighting("cam-u", 1, 0.5, 2.0), (Task.AGE,)) == ()
     bare_worker.supervisor.stop(_record(bare_worker), forget=False)
     bare_worker.model._apply_forgotten()  # what the model thread does before its next windows
-    assert policy.tasks_for("cam-u", 1, (Task.AGE,), 0.5, at_s=2.0) == (Task.AGE,)
+    assert policy.tasks_for(Sighting("cam-u", 1, 0.5, 2.0), (Task.AGE,)) == (Task.AGE,)
 
 
 def test_source_drops_and_pipeline_counters_reach_metrics_and_vanish_with_the_stream(

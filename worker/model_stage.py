@@ -38,7 +38,7 @@ from worker.metrics import Metrics
 from worker.scheduler import WindowJob, WindowQueue
 from worker.settings import Settings
 from worker.stage import StageThread
-from worker.static_tasks import StaticTaskPolicy
+from worker.static_tasks import Sighting, StaticTaskPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -265,16 +265,8 @@ class ModelStage(StageThread):
     def _with_needed_tasks(self, job: WindowJob) -> WindowJob:
         if self._static is None:
             return job
-        window = job.request.clip.window
         asking = self._static_in_flight.get((job.key, job.session), (job, frozenset()))[1]
-        needed = self._static.tasks_for(
-            window.stream_id,
-            window.track_id,
-            (t for t in job.tasks if t not in asking),
-            job.request.image.quality,
-            window.window_end_s,
-            session=job.session,
-        )
+        needed = self._static.tasks_for(_sighting(job), (t for t in job.tasks if t not in asking))
         return dataclasses.replace(job, tasks=needed) if needed != job.tasks else job
 
     def _static_tasks_of(self, job: WindowJob) -> frozenset[Task]:
@@ -291,14 +283,8 @@ class ModelStage(StageThread):
                 self._metrics.events.labels(str(event.task)).inc()
                 self._metrics.frame_to_event_s.observe(max(0.0, now_s - event.frame_wall_time_s))
             if self._static is not None:
-                window = item.job.request.clip.window
                 self._static.mark_answered(
-                    window.stream_id,
-                    window.track_id,
-                    (Task(event.task) for event in item.events),
-                    item.job.request.image.quality,
-                    window.window_end_s,
-                    session=item.job.session,
+                    _sighting(item.job), (Task(event.task) for event in item.events)
                 )
             if item.finished:
                 self._retire([item.job], drop_reason=None)
@@ -319,6 +305,18 @@ class ModelStage(StageThread):
             return
         for stream_id in _drain(self._forgotten):
             self._static.forget_stream(stream_id)
+
+
+def _sighting(job: WindowJob) -> Sighting:
+    """`job`'s person, crop quality and time, as the static-task policy reads them."""
+    window = job.request.clip.window
+    return Sighting(
+        window.stream_id,
+        window.track_id,
+        job.request.image.quality,
+        window.window_end_s,
+        session=job.session,
+    )
 
 
 def static_task_policy(settings: Settings) -> StaticTaskPolicy | None:

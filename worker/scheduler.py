@@ -9,13 +9,13 @@ as stale. Every drop is counted by reason (`drops`); nothing is dropped silently
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ingest.bounded import BoundedItems
 from ingest.windows import WindowRequests
 from models.facellava.tasks import Task
 
@@ -52,14 +52,13 @@ class WindowQueue:
     """Thread-safe, bounded, with the `newest-per-track` policy; drops counted by reason."""
 
     def __init__(self, capacity: int, max_age_s: float, capacity_bytes: int | None = None) -> None:
-        self._capacity = capacity
-        self._capacity_bytes = capacity_bytes
-        self._bytes = 0
+        self._jobs: BoundedItems[tuple[str, int], WindowJob] = BoundedItems(
+            capacity, capacity_bytes, lambda job: job.nbytes
+        )
+        self._cond = self._jobs.cond
         self._max_age_s = max_age_s
         self._drops: Counter[str] = Counter()
-        self._jobs: OrderedDict[tuple[str, int], WindowJob] = OrderedDict()
         self._taken: Counter[str] = Counter()  # stream_id → jobs taken, not yet `done`
-        self._cond = threading.Condition()
         self._closed = False
 
     @classmethod
@@ -84,26 +83,12 @@ class WindowQueue:
             return {reason: self._drops[reason] for reason in DROP_REASONS}
 
     def __len__(self) -> int:
-        with self._cond:
-            return len(self._jobs)
+        return len(self._jobs)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the crops of the windows waiting now."""
-        with self._cond:
-            return self._bytes
-
-    def _full_for(self, job: WindowJob) -> bool:
-        if not self._jobs:
-            return False
-        if len(self._jobs) >= self._capacity:
-            return True
-        return self._capacity_bytes is not None and self._bytes + job.nbytes > self._capacity_bytes
-
-    def _remove(self, key: tuple[str, int]) -> WindowJob:
-        job = self._jobs.pop(key)
-        self._bytes -= job.nbytes
-        return job
+        return self._jobs.nbytes
 
     def put(self, job: WindowJob) -> None:
         """Enqueue without ever blocking; applies the drop policy."""
@@ -112,13 +97,12 @@ class WindowQueue:
                 self._count_drop("shutdown", 1)
                 return
             if job.key in self._jobs:
-                self._remove(job.key)
+                self._jobs.remove(job.key)
                 self._count_drop("superseded", 1)
-            while self._full_for(job):
-                self._remove(next(iter(self._jobs)))
+            while not self._jobs.fits(job):
+                self._jobs.remove_oldest()
                 self._count_drop("queue_full", 1)
-            self._jobs[job.key] = job
-            self._bytes += job.nbytes
+            self._jobs.add(job.key, job)
             self._cond.notify()
 
     def take(self, max_jobs: int, fill_wait_s: float, timeout_s: float) -> list[WindowJob]:
@@ -141,7 +125,7 @@ class WindowQueue:
             batch: list[WindowJob] = []
             now = time.monotonic()
             while self._jobs and len(batch) < max_jobs:
-                job = self._remove(next(iter(self._jobs)))
+                job = self._jobs.remove_oldest()
                 if now - job.enqueued_s > self._max_age_s:
                     self._count_drop("stale", 1)
                     continue
@@ -167,7 +151,7 @@ class WindowQueue:
         with self._cond:
             keys = [k for k in self._jobs if k[0] == stream_id]
             for k in keys:
-                self._remove(k)
+                self._jobs.remove(k)
             if keys:
                 self._count_drop("stream_stopped", len(keys))
 
@@ -175,9 +159,7 @@ class WindowQueue:
         """Refuse new jobs, wake waiters, and drop what is left; returns how many dropped."""
         with self._cond:
             self._closed = True
-            n = len(self._jobs)
-            self._jobs.clear()
-            self._bytes = 0
+            n = self._jobs.clear()
             if n:
                 self._count_drop("shutdown", n)
             self._cond.notify_all()

@@ -8,8 +8,9 @@ clearly better (its quality score, in [0, 1] as `ingest.crops.CropQuality.score`
 least `quality_margin` above the crop of the last answer), or when `refresh_interval_s`
 of stream time have passed since that answer.
 
-Two verbs: `tasks_for` (a pure query) before a window goes to the model, and
-`mark_answered` once its answers exist, so a window dropped on the way (stale, queue
+Two verbs, each given a `Sighting` (whose window, its crop quality, its time):
+`tasks_for` (a pure query) before a window goes to the model, and `mark_answered` once
+its answers exist, so a window dropped on the way (stale, queue
 full, model error) does not count as asked. Memory is bounded: at most `max_tracks`
 tracks are remembered (least recently answered forgotten first); `forget_stream` drops
 a stopped stream's tracks. Pure: no threads, no I/O; the worker owns one per model stage.
@@ -25,6 +26,24 @@ from models.facellava.answers import Task
 
 STATIC_TASKS: frozenset[Task] = frozenset({Task.AGE, Task.ATTRIBUTES})
 """Tasks whose answer holds for a person: asked once, refreshed on a better crop or a timer."""
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One window of one person: whose it is (stream, session, track), the quality of its
+    best crop and its time `at_s` (stream time of `session`, so times of different
+    sessions are never compared)."""
+
+    stream_id: str
+    track_id: int
+    crop_quality: float
+    at_s: float
+    session: str = ""
+
+    @property
+    def person(self) -> tuple[str, str, int]:
+        """The key answers are remembered by: a restarted live stream's track 1 is someone else."""
+        return (self.stream_id, self.session, self.track_id)
 
 
 @dataclass(frozen=True)
@@ -59,49 +78,29 @@ class StaticTaskPolicy:
         """Tracks remembered."""
         return len(self._answered)
 
-    def tasks_for(
-        self,
-        stream_id: str,
-        track_id: int,
-        tasks: Iterable[Task],
-        crop_quality: float,
-        at_s: float,
-        *,
-        session: str = "",
-    ) -> tuple[Task, ...]:
-        """The subset of `tasks` (order kept) this window should ask; `at_s` is its time
-        (stream time of `session`, so times of different sessions are never compared)."""
-        known = self._answered.get((stream_id, session, track_id), {})
+    def tasks_for(self, seen: Sighting, tasks: Iterable[Task]) -> tuple[Task, ...]:
+        """The subset of `tasks` (order kept) the window `seen` should ask."""
+        known = self._answered.get(seen.person, {})
         chosen = []
         for task in tasks:
             last = known.get(task) if task in self.static_tasks else None
             if (
                 last is None
-                or crop_quality >= last.quality + self.quality_margin
-                or at_s - last.at_s >= self.refresh_interval_s
+                or seen.crop_quality >= last.quality + self.quality_margin
+                or seen.at_s - last.at_s >= self.refresh_interval_s
             ):
                 chosen.append(task)
         return tuple(chosen)
 
-    def mark_answered(
-        self,
-        stream_id: str,
-        track_id: int,
-        tasks: Iterable[Task],
-        crop_quality: float,
-        at_s: float,
-        *,
-        session: str = "",
-    ) -> None:
-        """Remember that `tasks` were answered on a crop of `crop_quality` at `at_s`."""
+    def mark_answered(self, seen: Sighting, tasks: Iterable[Task]) -> None:
+        """Remember that `tasks` were answered on the window `seen`."""
         static = [task for task in tasks if task in self.static_tasks]
         if not static:
             return
-        key = (stream_id, session, track_id)
-        known = self._answered.pop(key, {})
+        known = self._answered.pop(seen.person, {})
         for task in static:
-            known[task] = _Answered(crop_quality, at_s)
-        self._answered[key] = known  # most recently answered last
+            known[task] = _Answered(seen.crop_quality, seen.at_s)
+        self._answered[seen.person] = known  # most recently answered last
         while len(self._answered) > self.max_tracks:
             self._answered.popitem(last=False)
 
