@@ -13,6 +13,8 @@ import signal
 import sys
 from types import FrameType
 
+from worker.commands import add_command
+
 # SIGTERM before a command installs its own handling: `worker` has started nothing yet and
 # exits 0 (as its own handler does while models load); any other command exits 143.
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -54,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"worker.commands.{name}")
-        module.register(sub)
+        add_command(sub, name, importlib.import_module(f"worker.commands.{name}"))
     return parser
 
 

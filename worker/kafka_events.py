@@ -89,9 +89,7 @@ class KafkaEventMirror(WriterThread):
         self._waiting: deque[_Record] = deque()
         self._inflight: list[_Record] = []
         self._bytes = 0  # waiting + in flight
-        self._sent = 0
-        self._dropped = 0
-        self._errors = 0
+        self._counts = dict.fromkeys(("sent", "dropped", "errors"), 0)
         self._kafka_up: bool | None = None
 
     # -- caller side: never blocks, never raises ------------------------------------------
@@ -106,12 +104,12 @@ class KafkaEventMirror(WriterThread):
             ):
                 evicted = self._waiting.popleft()
                 self._bytes -= evicted.size
-                self._dropped += 1
+                self._counts["dropped"] += 1
             if (
                 self._bytes + record.size > self._settings.events_buffer_bytes
                 or len(self._inflight) >= self._settings.events_buffer_events
             ):
-                self._dropped += 1  # the batch in flight alone fills the bound
+                self._counts["dropped"] += 1  # the batch in flight alone fills the bound
                 return
             self._waiting.append(record)
             self._bytes += record.size
@@ -127,7 +125,7 @@ class KafkaEventMirror(WriterThread):
         with self._cond:
             left = len(self._waiting) + len(self._inflight)
             if left:
-                self._dropped += left
+                self._counts["dropped"] += left
                 self._waiting.clear()
                 self._inflight = []
                 self._bytes = 0
@@ -138,9 +136,7 @@ class KafkaEventMirror(WriterThread):
         """A consistent snapshot of the counters."""
         with self._cond:
             return KafkaMirrorStats(
-                sent=self._sent,
-                dropped=self._dropped,
-                errors=self._errors,
+                **self._counts,
                 buffered=len(self._waiting) + len(self._inflight),
                 buffered_bytes=self._bytes,
                 kafka_up=self._kafka_up,
@@ -164,13 +160,13 @@ class KafkaEventMirror(WriterThread):
             failed, error = self._send(batch)
             with self._cond:
                 self._inflight = []
-                self._sent += len(batch) - len(failed)
+                self._counts["sent"] += len(batch) - len(failed)
                 self._bytes -= sum(r.size for r in batch) - sum(r.size for r in failed)
                 self._waiting.extendleft(reversed(failed))  # first in line, in order
                 was_up = self._kafka_up
                 self._kafka_up = not failed
                 if failed:
-                    self._errors += 1
+                    self._counts["errors"] += 1
                 self._cond.notify_all()
             if not failed:
                 if was_up is False:

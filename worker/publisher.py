@@ -62,6 +62,17 @@ class PublisherStats:
     kafka: KafkaMirrorStats | None  # None when the events topic is off
 
 
+_COUNTED = (
+    "published",
+    "duplicates_suppressed",
+    "answers_truncated",
+    "dropped",
+    "redis_errors",
+    "statuses_written",
+)
+"""The `PublisherStats` fields the writer counts up as it goes."""
+
+
 @dataclass(frozen=True)
 class _QueuedEvent:
     seq: int
@@ -101,12 +112,7 @@ class EventPublisher(WriterThread):
         self._evicted_inflight = 0
         self._writing = False
 
-        self._published = 0
-        self._duplicates = 0
-        self._truncated = 0
-        self._dropped = 0
-        self._redis_errors = 0
-        self._statuses_written = 0
+        self._counts = dict.fromkeys(_COUNTED, 0)
         self._high_water = 0
         self._redis_up: bool | None = None
         self._down_since_s = 0.0
@@ -141,13 +147,13 @@ class EventPublisher(WriterThread):
             self._mirror.offer(event)
         with self._cond:
             if event.stop_reason == "length":
-                self._truncated += 1
+                self._counts["answers_truncated"] += 1
             if len(self._buffer) >= self._settings.buffer_max_events:
                 evicted = self._buffer.popleft()
                 if evicted.seq <= self._inflight_upto_seq:
                     self._evicted_inflight += 1  # being written now: counted if that write fails
                 else:
-                    self._dropped += 1
+                    self._counts["dropped"] += 1
             self._buffer.append(_QueuedEvent(self._next_seq, event))
             self._next_seq += 1
             self._high_water = max(self._high_water, len(self._buffer))
@@ -182,7 +188,7 @@ class EventPublisher(WriterThread):
         with self._cond:
             left = len(self._buffer)
             if left:
-                self._dropped += left
+                self._counts["dropped"] += left
                 self._buffer.clear()
                 log.warning("publisher.stopped_with_unwritten_events", events=left)
         self._client.close()
@@ -213,14 +219,9 @@ class EventPublisher(WriterThread):
         """A consistent snapshot of the counters."""
         with self._cond:
             return PublisherStats(
-                published=self._published,
-                duplicates_suppressed=self._duplicates,
-                answers_truncated=self._truncated,
-                dropped=self._dropped,
-                redis_errors=self._redis_errors,
+                **self._counts,
                 buffered=len(self._buffer),
                 buffered_high_water=self._high_water,
-                statuses_written=self._statuses_written,
                 statuses_pending=len(self._pending_status),
                 redis_up=self._redis_up,
                 kafka=self._mirror.stats() if self._mirror is not None else None,
@@ -318,9 +319,9 @@ class EventPublisher(WriterThread):
                 self._buffer.popleft()
             self._evicted_inflight = 0
             self._inflight_upto_seq = -1
-            self._published += written
-            self._duplicates += len(batch) - written
-            self._statuses_written += len(statuses)
+            self._counts["published"] += written
+            self._counts["duplicates_suppressed"] += len(batch) - written
+            self._counts["statuses_written"] += len(statuses)
             self._writing = False
             was_up = self._redis_up
             self._redis_up = True
@@ -338,8 +339,8 @@ class EventPublisher(WriterThread):
         self, statuses: dict[str, StreamStatus | None], exc: redis.RedisError
     ) -> None:
         with self._cond:
-            self._redis_errors += 1
-            self._dropped += self._evicted_inflight
+            self._counts["redis_errors"] += 1
+            self._counts["dropped"] += self._evicted_inflight
             self._evicted_inflight = 0
             self._inflight_upto_seq = -1  # the batch stays queued (what is left of it)
             for stream_id, status in statuses.items():

@@ -1,17 +1,31 @@
-"""The `facestream` sub-commands, one module each; `add_command` registers one."""
+"""The `facestream` sub-commands, one module each; `add_command` registers one.
+
+A command module has `HELP` (its line in the parent's `--help`), a docstring (its own
+`--help` text, shown as written), optionally `add_arguments(parser)`, and `run(args)`
+returning the exit status (a module grouping sub-commands adds them in `add_arguments`
+and has no `run`).
+"""
 
 from __future__ import annotations
 
 import argparse
+from types import ModuleType
 
 
 def add_command(
-    sub: argparse._SubParsersAction, name: str, help_text: str, doc: str | None
+    sub: argparse._SubParsersAction, name: str, module: ModuleType
 ) -> argparse.ArgumentParser:
-    """A sub-command parser whose `--help` shows `doc` (the module docstring) as written."""
-    return sub.add_parser(
+    """Register `module` as the sub-command `name` (see the module docstring)."""
+    parser = sub.add_parser(
         name,
-        help=help_text,
-        description=doc,
+        help=module.HELP,
+        description=module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_arguments = getattr(module, "add_arguments", None)
+    if add_arguments is not None:
+        add_arguments(parser)
+    run = getattr(module, "run", None)
+    if run is not None:
+        parser.set_defaults(func=run)
+    return parser

@@ -29,7 +29,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from worker.commands import add_command
 from worker.commands.detect import CLI_GIVE_UP_AFTER_FAILURES
 from worker.commands.facellava_common import add_model_arguments
 from worker.commands.local_video import (
@@ -52,14 +51,11 @@ WindowHandler = Callable[["WindowRequests"], list[dict[str, Any]]]
 DETECT_BATCH_FRAMES = 8  # small: little latency, most of batching's gain on CPU
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `analyze` sub-command."""
-    parser = add_command(
-        sub,
-        "analyze",
-        "Detect, track and window faces in one video; JSON lines out (no Kafka/Redis).",
-        __doc__,
-    )
+HELP = "Detect, track and window faces in one video; JSON lines out (no Kafka/Redis)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `analyze`."""
     parser.add_argument("source", metavar="SOURCE", help="Video file path or URL.")
     parser.add_argument(
         "--out", type=Path, default=None, metavar="FILE.jsonl", help="Default stdout."
@@ -85,7 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Comma-separated: emotion,age,attributes,action_units (default emotion).",
     )
     add_model_arguments(model)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-from worker.commands import add_command
 from worker.commands.facellava_common import add_model_arguments
 
 TASKS = ("emotion", "age", "attributes", "action_units")
@@ -32,11 +31,11 @@ class SourceReadError(RuntimeError):
     """SOURCE could not be read as an image or a video."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `ask` sub-command."""
-    parser = add_command(
-        sub, "ask", "Ask Face-LLaVA about one face image or pre-cropped face clip.", __doc__
-    )
+HELP = "Ask Face-LLaVA about one face image or pre-cropped face clip."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `ask`."""
     parser.add_argument("source", help="Face image (png/jpg) or pre-cropped face clip (mp4).")
     parser.add_argument("--task", choices=TASKS, required=True, help="What to ask.")
     parser.add_argument(
@@ -48,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Print one JSON object (question, answer, token ids, stop reason, result, ...).",
     )
     add_model_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def face_crop_hint(visual_rgb, weights: str, cache_dir: str | None) -> str | None:

@@ -22,19 +22,17 @@ import threading
 import time
 from pathlib import Path
 
+HELP = "SSE pages on one dashboard core: publish-to-receipt latency"
 
-def register(which: argparse._SubParsersAction) -> None:
-    """Add `bench dashboard`."""
-    parser = which.add_parser(
-        "dashboard", help="SSE pages on one dashboard core: publish-to-receipt latency"
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bench dashboard`."""
     parser.add_argument("--clients", type=int, default=50, help="SSE readers (default 50)")
     parser.add_argument("--rate", type=float, default=200.0, help="events per second (200)")
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time (20)")
     parser.add_argument("--streams", type=int, default=100, help="streams the events span")
     parser.add_argument("--redis-url", help="use this Redis instead of a private one")
     parser.add_argument("--cpu", type=int, default=0, help="core the dashboard is pinned to")
-    parser.set_defaults(func=run)
 
 
 def _free_port() -> int:
@@ -49,8 +47,19 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
         raise SystemExit("bench dashboard: redis-server not found; pass --redis-url")
     port = _free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(workdir)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -101,9 +110,13 @@ def run(args: argparse.Namespace) -> int:
         redis_proc, url = _start_redis(workdir)
     prefix = f"bench{os.getpid()}"
     port = _free_port()
-    env = {**os.environ, "FACESTREAM_REDIS__URL": url, "FACESTREAM_REDIS__PREFIX": prefix,
-           "FACESTREAM_DASHBOARD__HISTORY_EVENTS": "0",
-           "FACESTREAM_DASHBOARD__MAX_CLIENTS": str(max(args.clients + 5, 200))}
+    env = {
+        **os.environ,
+        "FACESTREAM_REDIS__URL": url,
+        "FACESTREAM_REDIS__PREFIX": prefix,
+        "FACESTREAM_DASHBOARD__HISTORY_EVENTS": "0",
+        "FACESTREAM_DASHBOARD__MAX_CLIENTS": str(max(args.clients + 5, 200)),
+    }
     cpu = args.cpu
     dashboard = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "dashboard", "--port", str(port)],
@@ -147,12 +160,19 @@ def run(args: argparse.Namespace) -> int:
                 publisher.publish(
                     FaceEvent(
                         event_id=event_id_for(stream_id, track_id, float(n), "emotion"),
-                        stream_id=stream_id, track_id=track_id, task="emotion",
+                        stream_id=stream_id,
+                        track_id=track_id,
+                        task="emotion",
                         result={"kind": "emotion", "label": "happy", "matched_text": "smiling"},
                         answer_text="The person appears happy, smiling broadly at someone.",
-                        window_start_s=float(n), window_end_s=n + 2.5, wall_time_s=now,
-                        frame_wall_time_s=now, box_xyxy=(10.0, 20.0, 110.0, 140.0),
-                        detector_score=0.97, model_id="bench", worker_id="bench",
+                        window_start_s=float(n),
+                        window_end_s=n + 2.5,
+                        wall_time_s=now,
+                        frame_wall_time_s=now,
+                        box_xyxy=(10.0, 20.0, 110.0, 140.0),
+                        detector_score=0.97,
+                        model_id="bench",
+                        worker_id="bench",
                     )
                 )
             publish_s = time.monotonic() - started
@@ -161,15 +181,21 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         latencies = sorted(x for r in readers for x in r.latencies_s)
         complete = sum(1 for r in readers if len(r.latencies_s) == total)
-        print(f"dashboard: 1 process pinned to CPU {cpu}; {args.clients} SSE clients; "
-              f"{total} events at {total / publish_s:.0f} events/s over {args.streams} streams")
+        print(
+            f"dashboard: 1 process pinned to CPU {cpu}; {args.clients} SSE clients; "
+            f"{total} events at {total / publish_s:.0f} events/s over {args.streams} streams"
+        )
         if latencies:
             p50 = statistics.quantiles(latencies, n=100)[49] * 1000
             p95 = statistics.quantiles(latencies, n=100)[94] * 1000
-            print(f"publish -> page receipt latency: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
-                  f"max {latencies[-1] * 1000:.1f} ms ({len(latencies)} receipts)")
-        print(f"clients that got every event: {complete}/{args.clients}; "
-              f"cut off: {sum(r.ended_early for r in readers)}")
+            print(
+                f"publish -> page receipt latency: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+                f"max {latencies[-1] * 1000:.1f} ms ({len(latencies)} receipts)"
+            )
+        print(
+            f"clients that got every event: {complete}/{args.clients}; "
+            f"cut off: {sum(r.ended_early for r in readers)}"
+        )
         return 0 if complete == args.clients else 1
     finally:
         stop.set()

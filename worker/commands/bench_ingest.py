@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-from worker.commands import add_command
 from worker.commands.bench_data import (
     add_video_and_weights_arguments,
     detector_weights,
@@ -26,14 +25,11 @@ from worker.commands.bench_data import (
 BATCH_SIZES = (1, 4, 16)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `bench ingest` sub-command."""
-    parser = add_command(
-        sub,
-        "ingest",
-        "Decode fps, detector ms/frame by batch size, analyze real-time factor.",
-        __doc__,
-    )
+HELP = "Decode fps, detector ms/frame by batch size, analyze real-time factor."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bench ingest`."""
     add_video_and_weights_arguments(
         parser, "Video file (default: the Hamilton test clip in $FACESTREAM_TESTDATA)."
     )
@@ -41,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fps", type=float, default=5.0, help="Detections per second sampled.")
     parser.add_argument("--repeats", type=int, default=3, help="Timing runs (median).")
     parser.add_argument("--skip-analyze", action="store_true", help="No end-to-end run.")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

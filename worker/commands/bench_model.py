@@ -23,7 +23,6 @@ import argparse
 import sys
 import time
 
-from worker.commands import add_command
 from worker.commands.bench_shapes import (
     fixture_checkpoint,
     print_roofline,
@@ -36,11 +35,11 @@ CROP_PX = 256
 """The authors' face-crop size: synthetic inputs have it, as real crops do."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `bench model` sub-command (under `facestream bench`)."""
-    parser = add_command(
-        sub, "model", "Face-LLaVA throughput: batched engine vs one request at a time.", __doc__
-    )
+HELP = "Face-LLaVA throughput: batched engine vs one request at a time."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bench model`."""
     parser.add_argument("--config", choices=("tiny", "7b"), default="tiny")
     parser.add_argument(
         "--random-weights",
@@ -95,7 +94,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         model_help="Checkpoint to load (default for tiny: the fixture checkpoint; "
         "7b: random weights).",
     )
-    parser.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------------------------------

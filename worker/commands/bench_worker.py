@@ -50,14 +50,11 @@ HELD_DROP_REASONS = ("superseded", "queue_full", "stale", "model_error")
 """Drops that mean the worker did not keep up (not: streams stopped, the run's end)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `bench worker` sub-command (under `facestream bench`)."""
-    parser = sub.add_parser(
-        "worker",
-        help="N live streams through detection and Face-LLaVA: streams held, clips/s, latency.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "N live streams through detection and Face-LLaVA: streams held, clips/s, latency."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bench worker`."""
     parser.add_argument("--streams", default="1,2,4", help="Stream counts to run, in turn.")
     parser.add_argument("--seconds", type=float, default=30.0, help="Run length per count.")
     parser.add_argument("--config", choices=("tiny", "7b"), default="tiny")
@@ -73,7 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     add_model_arguments(parser, model_help="A real checkpoint instead of random weights.")
-    parser.set_defaults(func=run)
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""`facestream dashboard`: the read-only live web page over the worker's Redis output."""
+"""`facestream dashboard`: the read-only live web page over the worker's Redis output.
+
+Reads the FACESTREAM_REDIS__* and FACESTREAM_DASHBOARD__* settings; binds loopback
+unless a token is set.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,13 @@ import threading
 EXIT_CONFIG = 2
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `dashboard` sub-command."""
-    parser = sub.add_parser(
-        "dashboard",
-        help="serve the live web page (streams, people, events) from Redis",
-        description=(
-            "Serve a read-only live page over the Redis keys the workers write. Reads the "
-            "FACESTREAM_REDIS__* and FACESTREAM_DASHBOARD__* settings; binds loopback unless "
-            "a token is set."
-        ),
-    )
+HELP = "serve the live web page (streams, people, events) from Redis"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `dashboard`."""
     parser.add_argument("--host", help="bind address (default: FACESTREAM_DASHBOARD__HOST)")
     parser.add_argument("--port", type=int, help="port (default: FACESTREAM_DASHBOARD__PORT)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

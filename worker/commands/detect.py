@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worker.commands import add_command
-
 if TYPE_CHECKING:
     import numpy as np
 
@@ -27,11 +25,11 @@ if TYPE_CHECKING:
     from models.detections import Detections
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `detect` sub-command."""
-    parser = add_command(
-        sub, "detect", "Detect faces in a video; print one JSON line per processed frame.", __doc__
-    )
+HELP = "Detect faces in a video; print one JSON line per processed frame."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `detect`."""
     parser.add_argument("source", metavar="SOURCE", help="Video file path or URL.")
     parser.add_argument(
         "--every", type=_positive_int, default=1, metavar="N", help="Every Nth decoded frame."
@@ -66,7 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default=None, help="Where to run."
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

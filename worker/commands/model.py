@@ -13,10 +13,11 @@ import os
 import sys
 import time
 
+HELP = "Convert or verify Face-LLaVA checkpoints."
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `model` sub-command and its `convert` / `verify` actions."""
-    parser = sub.add_parser("model", help="Convert or verify Face-LLaVA checkpoints.")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `convert` / `verify` actions and their options."""
     actions = parser.add_subparsers(dest="model_action", required=True, metavar="ACTION")
 
     convert = actions.add_parser(

@@ -1,4 +1,4 @@
-"""`facestream status [ID]`: the health of every stream (a table), or of one stream.
+"""`facestream status [ID]`: the health of every known stream (a table), or of one stream.
 
 FPS is the detection rate (frames detected per second), DECODE the decode rate. A stream
 whose status needs its worker (`starting`, `running`, ...) is shown `owner_gone` when
@@ -42,17 +42,14 @@ _MAX_FPS = 1e6
 _MAX_LABELS_CHARS = 40  # the table cuts longer labels (the JSON carries them whole)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `status` sub-command."""
-    parser = sub.add_parser(
-        "status",
-        help="show stream health from Redis",
-        description="Show the status of every known stream, or of one stream with ID.",
-    )
+HELP = "show stream health from Redis"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `status`."""
     parser.add_argument("stream_id", nargs="?", metavar="ID", help="one stream's id")
     add_redis_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(func=run)
 
 
 @dataclass(frozen=True)

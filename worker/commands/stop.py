@@ -1,4 +1,8 @@
-"""`facestream stop ID`: write a tombstone so the workers stop and forget a stream."""
+"""`facestream stop ID`: write a tombstone so the workers stop and forget a stream.
+
+The tombstone (key = stream id, null value) goes to the assignments topic; the owning
+worker stops the stream and compaction forgets it.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,15 @@ import argparse
 import json
 import sys
 
-from worker.commands.connections import (
-    add_kafka_arguments,
-    kafka_settings_from,
-    produce_assignment,
-)
+from worker.commands.connections import add_kafka_arguments, kafka_settings_from, produce_assignment
+
+HELP = "Stop watching a stream (writes a tombstone for its id)."
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `stop` sub-command."""
-    parser = sub.add_parser(
-        "stop",
-        help="Stop watching a stream (writes a tombstone for its id).",
-        description="Write a tombstone (key = stream id, null value) to the assignments topic; "
-        "the owning worker stops the stream and compaction forgets it.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `stop`."""
     parser.add_argument("stream_id", help="The id given to `facestream submit --stream-id`.")
     add_kafka_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""`facestream submit URL --stream-id ID`: validate a StreamSpec and write it to Kafka."""
+"""`facestream submit URL --stream-id ID`: validate a StreamSpec and write it to Kafka.
+
+The spec goes to the assignments topic under key = stream id; submitting the same id
+again replaces the spec.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,13 @@ import argparse
 import json
 import sys
 
-from worker.commands.connections import (
-    add_kafka_arguments,
-    kafka_settings_from,
-    produce_assignment,
-)
+from worker.commands.connections import add_kafka_arguments, kafka_settings_from, produce_assignment
+
+HELP = "Ask the workers to watch a stream (writes a StreamSpec to the assignments topic)."
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `submit` sub-command."""
-    parser = sub.add_parser(
-        "submit",
-        help="Ask the workers to watch a stream (writes a StreamSpec to the assignments topic).",
-        description="Validate a StreamSpec and write it (key = stream id) to the assignments "
-        "topic; submitting the same id again replaces the spec.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `submit`."""
     parser.add_argument("url", help="rtsp://, rtsps://, http(s):// URL (file only if allowed).")
     parser.add_argument("--stream-id", required=True, help="Stable id: A-Z a-z 0-9 . _ : -")
     parser.add_argument(
@@ -41,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default where FACESTREAM_SOURCE__ALLOW_FILE=true).",
     )
     add_kafka_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

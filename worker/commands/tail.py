@@ -1,4 +1,5 @@
-"""`facestream tail`: follow the events stream in Redis, one line per event.
+"""`facestream tail`: follow the events stream in Redis (XREAD BLOCK), one line per event;
+new events only unless --from-start.
 
 An entry this version cannot read (no `event` field, bytes that are not UTF-8, JSON of
 another schema, a time of 1e300 or NaN) is printed as such and skipped past, so one bad
@@ -29,13 +30,11 @@ BLOCK_MS = 1000  # one XREAD waits at most this long, so Ctrl-C and --count stay
 READ_COUNT = 100
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `tail` sub-command."""
-    parser = sub.add_parser(
-        "tail",
-        help="follow face events in Redis",
-        description="Follow the events stream (XREAD BLOCK); new events only unless --from-start.",
-    )
+HELP = "follow face events in Redis"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `tail`."""
     add_redis_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print each event's raw JSON")
     parser.add_argument(
@@ -45,7 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stream", metavar="ID", help="only events of this stream (others are skipped)"
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

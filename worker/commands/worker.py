@@ -1,4 +1,8 @@
-"""`facestream worker`: the Kafka → pipeline → Redis service (what Kubernetes runs)."""
+"""`facestream worker`: the Kafka → pipeline → Redis service (what Kubernetes runs).
+
+Every knob is a setting: environment variables FACESTREAM_* (nested with __), e.g.
+FACESTREAM_KAFKA__BOOTSTRAP_SERVERS, FACESTREAM_REDIS__URL. See the README.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,7 @@ EXIT_SETUP = 2
 """Exit status when the settings, weights or model cannot work (nothing was started)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `worker` sub-command."""
-    parser = sub.add_parser(
-        "worker",
-        help="Run the worker: Kafka assignments in, Face-LLaVA events to Redis.",
-        description=(
-            "Every knob is a setting: environment variables FACESTREAM_* (nested with __), "
-            "e.g. FACESTREAM_KAFKA__BOOTSTRAP_SERVERS, FACESTREAM_REDIS__URL. See the README."
-        ),
-    )
-    parser.set_defaults(func=run)
+HELP = "Run the worker: Kafka assignments in, Face-LLaVA events to Redis."
 
 
 def run(args: argparse.Namespace) -> int:
