@@ -67,6 +67,28 @@ def test_event_ids_of_two_sessions_never_collide_for_the_same_window() -> None:
     assert a == event_id_for("lobby", 1, 0.0, "emotion", session="s-a")
 
 
+def test_identified_event_takes_its_id_from_its_own_session_window_and_task() -> None:
+    fields = {
+        "stream_id": "cam",
+        "session": "run-7",
+        "track_id": 3,
+        "task": Task.AGE,
+        "result": None,
+        "answer_text": "about 30",
+        "window_start_s": 12.5,
+        "window_end_s": 15.0,
+        "wall_time_s": 1.0,
+        "frame_wall_time_s": 1.0,
+        "box_xyxy": (0.0, 0.0, 10.0, 10.0),
+        "detector_score": 0.9,
+        "model_id": "m",
+        "worker_id": "w",
+    }
+    event = FaceEvent.identified(**fields)
+    assert event.event_id == event_id_for("cam", 3, 12.5, "age", session="run-7")
+    assert FaceEvent.identified(**{**fields, "session": "run-8"}).event_id != event.event_id
+
+
 def test_repeated_assignment_value_keeps_the_record_that_started_the_run() -> None:
     first = _spec("rtsp://cam/a").from_record("t", 0, 3)
     again = _spec("rtsp://cam/a").from_record("t", 0, 9)

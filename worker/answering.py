@@ -22,7 +22,7 @@ from models.facellava.engine import GenerationEngine, GenerationRequest, Generat
 from models.facellava.options import ModelOptions
 from models.facellava.tasks import TASK_MODALITY, Task
 from models.overrides import with_overrides
-from worker.events import FaceEvent, StopReason, event_id_for
+from worker.events import FaceEvent, StopReason
 from worker.scheduler import WindowJob
 from worker.thumbnails import encode_thumbnail
 
@@ -136,14 +136,7 @@ class FaceAnswerer:
         self, job: WindowJob, task: Task, text: str, stop_reason: StopReason, now_s: float
     ) -> FaceEvent:
         window = job.request.clip.window
-        return FaceEvent(
-            event_id=event_id_for(
-                window.stream_id,
-                window.track_id,
-                window.window_start_s,
-                task,
-                session=job.session,
-            ),
+        return FaceEvent.identified(
             stream_id=window.stream_id,
             session=job.session,
             track_id=window.track_id,

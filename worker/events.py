@@ -10,7 +10,7 @@ of a replay repeat and are deduplicated, and a new live session can never hit an
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
@@ -74,6 +74,19 @@ class FaceEvent(BaseModel):
 
     # Not on the wire: the person's face as a small JPEG, set only when thumbnails are on.
     _thumbnail_jpeg: bytes | None = PrivateAttr(None)
+
+    @classmethod
+    def identified(cls, **fields: Any) -> FaceEvent:
+        """An event whose `event_id` is made from its own stream, session, track, window
+        start and task (`event_id_for`): how every producer makes one."""
+        event_id = event_id_for(
+            fields["stream_id"],
+            fields["track_id"],
+            fields["window_start_s"],
+            fields["task"],
+            session=fields.get("session", ""),
+        )
+        return cls(event_id=event_id, **fields)
 
     @property
     def thumbnail_jpeg(self) -> bytes | None:

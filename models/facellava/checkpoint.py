@@ -18,6 +18,7 @@ a model parameter that no source provides is a `MissingWeightsError`.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Iterator
@@ -475,21 +476,16 @@ def load_model(
         allow_patterns=["*.json", "*.bin", "*.safetensors", "tokenizer.model"],
     )
     fmt = detect_format(folder)
-    if fmt == "facestream":
-        model, config, report = _load_ours(
-            folder, str(source), dtype=torch_dtype, device=device, attn=attn_implementation
+    load = (
+        _load_ours
+        if fmt == "facestream"
+        else functools.partial(
+            _load_original, cache_dir=cache_dir, offline=offline, tower_weights=tower_weights
         )
-    else:
-        model, config, report = _load_original(
-            folder,
-            str(source),
-            dtype=torch_dtype,
-            device=device,
-            attn=attn_implementation,
-            cache_dir=cache_dir,
-            offline=offline,
-            tower_weights=tower_weights,
-        )
+    )
+    model, config, report = load(
+        folder, str(source), dtype=torch_dtype, device=device, attn=attn_implementation
+    )
     if report.unused_checkpoint_keys:
         log.warning(
             "checkpoint keys not used",
@@ -513,14 +509,7 @@ def load_model(
     eos = json.loads(generation.read_text()).get("eos_token_id") if generation.is_file() else None
     tokenizer = PromptTokenizer(folder)
     eos_id = int(eos[0] if isinstance(eos, list) else eos) if eos is not None else tokenizer.eos_id
-    return LoadedModel(
-        model=model,
-        config=config,
-        tokenizer=tokenizer,
-        folder=folder,
-        report=report,
-        eos_token_id=eos_id,
-    )
+    return LoadedModel(model, config, tokenizer, folder, report, eos_token_id=eos_id)
 
 
 def check_model_source(options: ModelOptions) -> Path:

@@ -30,9 +30,10 @@ API for the generation engine (shapes for the real model; `D` = LLM hidden size 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
@@ -86,6 +87,27 @@ class FaceLlavaConfigError(ValueError):
 # ---------------------------------------------------------------------------------------
 
 
+_FIELD_CASTS: dict[str, Callable[[Any], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+}
+"""How a tower config's JSON value becomes the field's type (by the field's annotation)."""
+
+_CLIP_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "hidden_act",
+    "layer_norm_eps",
+)
+"""`TowerConfig` fields a transformers `CLIPVisionConfig` takes as they are."""
+
+
 @dataclass(frozen=True)
 class TowerConfig:
     """A LanguageBind vision tower: a CLIP ViT, with temporal blocks when `num_frames` > 1."""
@@ -106,22 +128,13 @@ class TowerConfig:
     def from_languagebind(cls, config: Mapping[str, Any]) -> TowerConfig:
         """From a LanguageBind `config.json` (its `vision_config`), or a flat vision config."""
         vision = config.get("vision_config", config)
-        try:
-            return cls(
-                hidden_size=int(vision["hidden_size"]),
-                intermediate_size=int(vision["intermediate_size"]),
-                num_hidden_layers=int(vision["num_hidden_layers"]),
-                num_attention_heads=int(vision["num_attention_heads"]),
-                image_size=int(vision["image_size"]),
-                patch_size=int(vision["patch_size"]),
-                num_channels=int(vision.get("num_channels", 3)),
-                hidden_act=str(vision.get("hidden_act", "gelu")),
-                layer_norm_eps=float(vision.get("layer_norm_eps", 1e-5)),
-                add_time_attn=bool(vision.get("add_time_attn", False)),
-                num_frames=int(vision.get("num_frames", 1)),
-            )
-        except KeyError as exc:
-            raise FaceLlavaConfigError(f"tower config lacks field {exc}") from exc
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name in vision:
+                values[field.name] = _FIELD_CASTS[str(field.type)](vision[field.name])
+            elif field.default is dataclasses.MISSING:
+                raise FaceLlavaConfigError(f"tower config lacks field {field.name!r}")
+        return cls(**values)
 
     @property
     def num_patches(self) -> int:
@@ -140,15 +153,8 @@ class TowerConfig:
     def to_clip(self, num_layers: int, attn_implementation: AttnImplementation) -> CLIPVisionConfig:
         """A transformers `CLIPVisionConfig` for the first `num_layers` layers."""
         config = CLIPVisionConfig(
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
+            **{name: getattr(self, name) for name in _CLIP_FIELDS},
             num_hidden_layers=num_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_channels=self.num_channels,
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            hidden_act=self.hidden_act,
-            layer_norm_eps=self.layer_norm_eps,
             attention_dropout=0.0,
         )
         config._attn_implementation = attn_implementation

@@ -99,7 +99,7 @@ class _Reader(threading.Thread):
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its figures."""
-    from worker.events import FaceEvent, event_id_for
+    from worker.events import FaceEvent
     from worker.publisher import EventPublisher
     from worker.settings import RedisSettings
 
@@ -158,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 track_id = (n // args.streams) % 5
                 now = time.time()
                 publisher.publish(
-                    FaceEvent(
-                        event_id=event_id_for(stream_id, track_id, float(n), "emotion"),
+                    FaceEvent.identified(
                         stream_id=stream_id,
                         track_id=track_id,
                         task="emotion",
