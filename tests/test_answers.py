@@ -359,3 +359,18 @@ def test_parsed_result_round_trips_through_the_event_wire_format() -> None:
 def test_parse_answer_never_raises_on_arbitrary_text(text: str, task: Task) -> None:
     result = parse_answer(task, text)
     assert result is None or result.kind == task.value
+
+
+def test_attribute_vocabulary_file_refuses_a_rule_it_cannot_read() -> None:
+    from models.facellava.answers import _attribute_rule
+
+    assert _attribute_rule({"attribute": "Bangs", "pattern": "bangs"})[0] == "Bangs"
+    for bad in (
+        {"attribute": "Bangz", "pattern": "bangs"},  # not a CelebA attribute
+        {"attribute": "Bangs"},  # neither pattern nor hair
+        {"attribute": "Bangs", "pattern": "x", "hair": "y"},  # both
+        {"attribute": "Bangs", "pattern": "x", "negateable": False},  # misspelt key
+        {"attribute": "Bangs", "pattern": "x", "says": "maybe"},
+    ):
+        with pytest.raises(ValueError, match="attribute_rules.toml"):
+            _attribute_rule(bad)

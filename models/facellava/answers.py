@@ -7,7 +7,9 @@ answer text into one of them, or `None` when the text says nothing we can trust.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -457,169 +459,42 @@ def _hair(colour: str) -> str:
 _BROW = r"(?:eye)?brows?"
 _HAIR_COLOURS_AFTER_DARK = r"brown|blond|blonde|red|gray|grey|auburn|chestnut"
 
-# (attribute, regex, says_present, negatable): an asserted match says the attribute is
-# present (or absent, for says_present=False); a negated match says the opposite.
-_ATTRIBUTE_RULES: list[tuple[str, str, bool, bool]] = [
-    ("5_o_Clock_Shadow", r"stubble|stubbled|stubbly|(?:5|five)\s+o'?\s*clock\s+shadow", True, True),
-    ("Arched_Eyebrows", rf"arched\s+{_BROW}|{_BROW}\s+(?:are|is)\s+(?:\w+\s+)?arched", True, True),
-    ("Attractive", r"attractive|beautiful|handsome|good[\s-]looking|gorgeous", True, True),
-    ("Attractive", r"unattractive", False, True),
-    (
-        "Bags_Under_Eyes",
-        r"bags\s+under\s+(?:\w+\s+)?eyes|under[\s-]eye\s+bags"
-        r"|puffy\s+eyes",
-        True,
-        True,
-    ),
-    ("Bald", r"bald|bald[\s-]headed|shaved\s+head|hairless\s+head", True, True),
-    ("Bangs", r"bangs|fringe", True, True),
-    (
-        "Big_Lips",
-        r"(?:big|full|large|thick|plump|fleshy)\s+lips"
-        r"|lips\s+are\s+(?:\w+\s+)?(?:full|big|large|thick|plump)",
-        True,
-        True,
-    ),
-    (
-        "Big_Nose",
-        r"(?:big|large|prominent|wide|broad)\s+nose"
-        r"|nose\s+is\s+(?:\w+\s+)?(?:big|large|prominent|broad)",
-        True,
-        True,
-    ),
-    (
-        "Black_Hair",
-        _hair(rf"black|jet[\s-]black|dark(?![\s-]+(?:{_HAIR_COLOURS_AFTER_DARK}))"),
-        True,
-        True,
-    ),
-    ("Blond_Hair", _hair(r"blond|blonde|golden|fair|platinum") + r"|blonde?", True, True),
-    ("Blurry", r"blurry|blurred|out\s+of\s+focus|unfocused", True, True),
-    ("Brown_Hair", _hair(r"brown|chestnut|auburn|brunette") + r"|brunette", True, True),
-    (
-        "Bushy_Eyebrows",
-        rf"(?:bushy|thick|heavy|dense)\s+{_BROW}"
-        rf"|{_BROW}\s+(?:are|is)\s+(?:\w+\s+)?(?:bushy|thick)",
-        True,
-        True,
-    ),
-    ("Chubby", r"chubby|heavy[\s-]set|overweight|round\s+and\s+full\s+face", True, True),
-    ("Double_Chin", r"double\s+chin", True, True),
-    ("Eyeglasses", r"(?:eye|sun)?glasses|spectacles|specs|eyewear", True, True),
-    ("Goatee", r"goatee", True, True),
-    (
-        "Gray_Hair",
-        _hair(r"gray|grey|silver|white|graying|greying"
-        r"|salt[\s-]and[\s-]pepper") + r"|(?:graying|greying)",
-        True,
-        True,
-    ),
-    (
-        "Heavy_Makeup",
-        r"(?:heavy|noticeable|prominent|thick|dramatic|bold)\s+make[\s-]?up"
-        r"|make[\s-]?up\s+is\s+heavy|wearing\s+(?:a\s+lot\s+of\s+)?make[\s-]?up",
-        True,
-        True,
-    ),
-    ("Heavy_Makeup", r"(?:light|minimal|subtle|natural|little|no)\s+make[\s-]?up", False, False),
-    ("High_Cheekbones", r"(?:high|prominent|pronounced|defined)\s+cheek[\s-]?bones", True, True),
-    ("Male", r"man|male|gentleman|boy|guy|he|his|him|himself|masculine", True, False),
-    ("Male", r"woman|female|lady|girl|she|her|hers|herself|feminine", False, False),
-    (
-        "Mouth_Slightly_Open",
-        r"mouth\s+(?:is\s+)?(?:\w+\s+)?(?:open|ajar)"
-        r"|open\s+mouth|(?:lips\s+(?:are\s+)?(?:\w+\s+)?parted|parted\s+lips)",
-        True,
-        True,
-    ),
-    (
-        "Mouth_Slightly_Open",
-        r"(?:closed\s+mouth|mouth\s+(?:is\s+)?closed|lips\s+(?:are\s+)?(?:closed|sealed|pressed\s+together))",
-        False,
-        False,
-    ),
-    ("Mustache", r"mustache|moustache|mustached|moustached", True, True),
-    (
-        "Narrow_Eyes",
-        r"narrow(?:ed)?\s+eyes|eyes\s+(?:are\s+)?(?:\w+\s+)?narrow(?:ed)?"
-        r"|squinting|squints?",
-        True,
-        True,
-    ),
-    ("No_Beard", r"full\s+beard|beard|bearded|facial\s+hair", False, True),
-    ("No_Beard", r"clean[\s-]shaven|beardless|smooth[\s-]shaven", True, False),
-    (
-        "Oval_Face",
-        r"oval(?:[\s-]shaped)?\s+face|face\s+(?:is\s+)?(?:\w+\s+)?oval"
-        r"|oval[\s-]faced",
-        True,
-        True,
-    ),
-    (
-        "Pale_Skin",
-        r"(?:pale|fair|light|porcelain)\s+(?:skin|complexion)"
-        r"|skin\s+is\s+(?:\w+\s+)?(?:pale|fair)"
-        r"|pale",
-        True,
-        True,
-    ),
-    (
-        "Pointy_Nose",
-        r"(?:pointy|pointed|sharp)\s+nose"
-        r"|nose\s+is\s+(?:\w+\s+)?(?:pointy|pointed)",
-        True,
-        True,
-    ),
-    (
-        "Receding_Hairline",
-        r"receding\s+hair[\s-]?line|hair[\s-]?line\s+(?:is\s+)?receding"
-        r"|balding",
-        True,
-        True,
-    ),
-    (
-        "Rosy_Cheeks",
-        r"(?:rosy|flushed|red|reddish|pink|pinkish)\s+cheeks"
-        r"|cheeks\s+are\s+(?:\w+\s+)?(?:rosy|flushed|pink)",
-        True,
-        True,
-    ),
-    ("Sideburns", r"sideburns", True, True),
-    ("Smiling", r"smil(?:e|es|ing)|grin(?:s|ning)?", True, True),
-    (
-        "Straight_Hair",
-        r"straight(?:[\s,-]+[a-z]+){0,2}?[\s,-]+hair"
-        r"|hair\s+is\s+(?:\w+\s+){0,3}?straight",
-        True,
-        True,
-    ),
-    (
-        "Wavy_Hair",
-        r"(?:wavy|curly)(?:[\s,-]+[a-z]+){0,2}?[\s,-]+hair"
-        r"|hair\s+is\s+(?:\w+\s+){0,3}?(?:wavy|curly)"
-        r"|curls|waves",
-        True,
-        True,
-    ),
-    ("Wearing_Earrings", r"earrings?", True, True),
-    ("Wearing_Hat", r"hat|cap|beanie|fedora|headwear|beret", True, True),
-    ("Wearing_Lipstick", r"lipstick|lip\s+gloss|lip\s+colou?r|painted\s+lips", True, True),
-    ("Wearing_Necklace", r"necklace|pendant", True, True),
-    ("Wearing_Necktie", r"necktie|neck\s+tie|bow\s+tie|tie", True, True),
-    ("Young", r"young|youthful|teenager|teen|adolescent|child|kid|youth|boy|girl", True, True),
-    (
-        "Young",
-        r"(?<!years\s)(?<!year-)(?<!years-)old"
-        r"|elderly|older|senior|middle[\s-]aged"
-        r"|mature|aging|ageing",
-        False,
-        True,
-    ),
-]  # fmt: skip
+ATTRIBUTE_RULES_FILE = Path(__file__).with_name("attribute_rules.toml")
+"""The attribute vocabulary (data, not code): which words say which CelebA attribute."""
 
+_SHARED_PIECES = {"{BROW}": _BROW, "{HAIR_COLOURS_AFTER_DARK}": _HAIR_COLOURS_AFTER_DARK}
+_RULE_KEYS = frozenset({"attribute", "pattern", "hair", "also", "says", "negatable"})
+
+
+def _rule_text(value: str | list[str]) -> str:
+    text = value if isinstance(value, str) else "".join(value)
+    for placeholder, piece in _SHARED_PIECES.items():
+        text = text.replace(placeholder, piece)
+    return text
+
+
+def _attribute_rule(rule: dict[str, Any]) -> tuple[str, re.Pattern[str], bool, bool]:
+    """(attribute, compiled regex, says_present, negatable) of one [[rule]] of the file."""
+    name = rule.get("attribute")
+    unknown = set(rule) - _RULE_KEYS
+    if name not in CELEBA_ATTRIBUTES or unknown or ("pattern" in rule) == ("hair" in rule):
+        raise ValueError(f"{ATTRIBUTE_RULES_FILE.name}: bad rule {rule!r}")
+    if "pattern" in rule:
+        pattern = _rule_text(rule["pattern"])
+    else:
+        pattern = _hair(_rule_text(rule["hair"])) + _rule_text(rule.get("also", ""))
+    says = rule.get("says", "present")
+    if says not in ("present", "absent"):
+        raise ValueError(f"{ATTRIBUTE_RULES_FILE.name}: says must be present or absent: {rule!r}")
+    negatable = bool(rule.get("negatable", True))
+    return name, re.compile(rf"\b(?:{pattern})\b"), says == "present", negatable
+
+
+# An asserted match of a rule says the attribute is present (or absent, for says =
+# "absent"); a negated match says the opposite when the rule is negatable.
 _ATTRIBUTE_RES = [
-    (name, re.compile(rf"\b(?:{pattern})\b"), says_present, negatable)
-    for name, pattern, says_present, negatable in _ATTRIBUTE_RULES
+    _attribute_rule(rule)
+    for rule in tomllib.loads(ATTRIBUTE_RULES_FILE.read_text(encoding="utf-8"))["rule"]
 ]
 
 
