@@ -372,5 +372,5 @@ def test_attribute_vocabulary_file_refuses_a_rule_it_cannot_read() -> None:
         {"attribute": "Bangs", "pattern": "x", "negateable": False},  # misspelt key
         {"attribute": "Bangs", "pattern": "x", "says": "maybe"},
     ):
-        with pytest.raises(ValueError, match="attribute_rules.toml"):
+        with pytest.raises(ValueError, match=r"answer_vocabulary\.toml"):
             _attribute_rule(bad)

@@ -459,8 +459,10 @@ def _hair(colour: str) -> str:
 _BROW = r"(?:eye)?brows?"
 _HAIR_COLOURS_AFTER_DARK = r"brown|blond|blonde|red|gray|grey|auburn|chestnut"
 
-ATTRIBUTE_RULES_FILE = Path(__file__).with_name("attribute_rules.toml")
-"""The attribute vocabulary (data, not code): which words say which CelebA attribute."""
+VOCABULARY_FILE = Path(__file__).with_name("answer_vocabulary.toml")
+"""The parser's vocabulary (data, not code): which words say which CelebA attribute, and
+the names the model uses for action units."""
+_VOCABULARY: dict[str, Any] = tomllib.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
 
 _SHARED_PIECES = {"{BROW}": _BROW, "{HAIR_COLOURS_AFTER_DARK}": _HAIR_COLOURS_AFTER_DARK}
 _RULE_KEYS = frozenset({"attribute", "pattern", "hair", "also", "says", "negatable"})
@@ -474,28 +476,25 @@ def _rule_text(value: str | list[str]) -> str:
 
 
 def _attribute_rule(rule: dict[str, Any]) -> tuple[str, re.Pattern[str], bool, bool]:
-    """(attribute, compiled regex, says_present, negatable) of one [[rule]] of the file."""
+    """(attribute, compiled regex, says_present, negatable) of one [[attribute]] rule."""
     name = rule.get("attribute")
     unknown = set(rule) - _RULE_KEYS
     if name not in CELEBA_ATTRIBUTES or unknown or ("pattern" in rule) == ("hair" in rule):
-        raise ValueError(f"{ATTRIBUTE_RULES_FILE.name}: bad rule {rule!r}")
+        raise ValueError(f"{VOCABULARY_FILE.name}: bad rule {rule!r}")
     if "pattern" in rule:
         pattern = _rule_text(rule["pattern"])
     else:
         pattern = _hair(_rule_text(rule["hair"])) + _rule_text(rule.get("also", ""))
     says = rule.get("says", "present")
     if says not in ("present", "absent"):
-        raise ValueError(f"{ATTRIBUTE_RULES_FILE.name}: says must be present or absent: {rule!r}")
+        raise ValueError(f"{VOCABULARY_FILE.name}: says must be present or absent: {rule!r}")
     negatable = bool(rule.get("negatable", True))
     return name, re.compile(rf"\b(?:{pattern})\b"), says == "present", negatable
 
 
 # An asserted match of a rule says the attribute is present (or absent, for says =
 # "absent"); a negated match says the opposite when the rule is negatable.
-_ATTRIBUTE_RES = [
-    _attribute_rule(rule)
-    for rule in tomllib.loads(ATTRIBUTE_RULES_FILE.read_text(encoding="utf-8"))["rule"]
-]
+_ATTRIBUTE_RES = [_attribute_rule(rule) for rule in _VOCABULARY["attribute"]]
 
 
 def parse_attributes(text: str) -> AttributesResult | None:
@@ -547,25 +546,7 @@ FACS_ACTION_UNITS: dict[int, str] = {
 
 # Name variants the model writes ("lip corner pull", "brow lowering", "lips parted").
 _AU_EXTRA_NAMES: dict[int, list[str]] = {
-    1: ["inner brows? rais(?:e|es|ed|ing)", "raised inner brows?"],
-    2: ["outer brows? rais(?:e|es|ed|ing)", "raised outer brows?"],
-    4: ["brows? lower(?:ing|ed)?", "brow furrow(?:er|ing)?", "lowered brows?"],
-    5: ["upper lids? rais(?:e|es|ed|ing)"],
-    6: ["cheeks? rais(?:e|es|ed|ing)"],
-    7: ["lids? tighten(?:ing|ed)?"],
-    9: ["nose wrinkl(?:e|es|ed|ing)"],
-    10: ["upper lip rais(?:e|es|ed|ing)"],
-    12: ["lip corners? pull(?:s|ed|ing)?", "lip corners? puller"],
-    15: ["lip corners? depress(?:ed|ing|ion)?", "lip corners? depressor"],
-    17: ["chin rais(?:e|es|ed|ing)"],
-    20: ["lips? stretch(?:ed|ing)?"],
-    23: ["lips? tighten(?:ed|ing)?"],
-    24: ["lips? press(?:ed|ing|or)?"],
-    25: ["lips? part(?:s|ed|ing)?", "parted lips"],
-    26: ["jaw drop(?:s|ped|ping)?", "dropped jaw"],
-    27: ["mouth stretch(?:ed|ing)?"],
-    28: ["lips? suck(?:ed|ing)?"],
-    43: ["eyes? clos(?:e|ed|ure)"],
+    int(number): list(names) for number, names in _VOCABULARY["action_unit_names"].items()
 }
 
 
