@@ -118,20 +118,14 @@ class KafkaTestBroker:
         self.work_dir = work_dir
         self.port = port or free_port()
         self.zookeeper_port = free_port()
+        self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        """`host:port` for clients."""
+        self.zookeeper_connect = f"127.0.0.1:{self.zookeeper_port}"
+        """`host:port` of this broker's ZooKeeper (topic admin on 0.9 goes through it)."""
         self.num_partitions = num_partitions
         self.auto_create_topics = auto_create_topics
         self._zookeeper: subprocess.Popen | None = None
         self._kafka: subprocess.Popen | None = None
-
-    @property
-    def bootstrap_servers(self) -> str:
-        """`host:port` for clients."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def zookeeper_connect(self) -> str:
-        """`host:port` of this broker's ZooKeeper (topic admin on 0.9 goes through it)."""
-        return f"127.0.0.1:{self.zookeeper_port}"
 
     def _java(self, main_class: str, *args: str, heap: str = "64m") -> list[str]:
         java = shutil.which("java")
