@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,6 +16,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from tests.k8s_build import Manifest, build, pod_containers, pod_spec
+from tests.scripts import load_script
 from tests.settings_env import settings_env_keys
 from worker.settings import Settings
 
@@ -342,14 +342,6 @@ def test_weights_are_fetched_into_the_shared_volume_by_an_init_container(
         assert mounts[cache] == "/models"  # the image's HF_HOME=/models/hf lives there
 
 
-def load_fetch_weights():
-    spec = importlib.util.spec_from_file_location("fetch_weights", REPO / "deploy/fetch_weights.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fetch_weights_fills_the_cache_once_then_skips(
     testdata: Path, mnet_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -359,7 +351,7 @@ def test_fetch_weights_fills_the_cache_once_then_skips(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("FACESTREAM_MODEL__MODEL", str(tiny / "checkpoint"))
     monkeypatch.setenv("FACESTREAM_DETECTOR__WEIGHTS", str(mnet_weights))
-    fetch = load_fetch_weights()
+    fetch = load_script(REPO / "deploy" / "fetch_weights.py")
     asked: list[str] = []
 
     def snapshot(repo_id: str) -> Path:
@@ -384,6 +376,6 @@ def test_fetch_weights_explains_a_missing_local_checkpoint(
 ) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("FACESTREAM_MODEL__MODEL", str(tmp_path / "missing"))
-    fetch = load_fetch_weights()
+    fetch = load_script(REPO / "deploy" / "fetch_weights.py")
     assert fetch.main([]) == 1
     assert "kubectl cp" in capsys.readouterr().err
