@@ -273,7 +273,7 @@ def giant_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_keeps_producing(
-    start_worker,
+    ready_worker,
     worker_env,
     rtsp_server,
     worker_output,
@@ -290,8 +290,7 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
         "FACESTREAM_SOURCE__QUEUE_BYTES": str(2 * 1920 * 1080 * 3),
         "FACESTREAM_DETECTOR__MAX_BATCH": "4",
     }
-    worker = start_worker("w-mem", **tuning)
-    worker.wait_ready()
+    worker = ready_worker("w-mem", **tuning)
     submit(worker_env, rtsp_server.url, "cam-normal", "--tasks", "emotion")
     wait_for(lambda: read_events(client, prefix), 150, "a first event of the camera")
     baseline = _proc_status_bytes(worker.process.pid, "VmRSS")
@@ -339,7 +338,7 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
 
 
 def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_rest(
-    start_worker,
+    ready_worker,
     worker_env,
     rtsp_server,
     worker_output,
@@ -348,8 +347,7 @@ def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_re
     # Plan for 8 frames/s at most (less if it measures less): one 5-fps stream fits the
     # 90 % bar (7.2 frames/s), two do not; this machine's detector, shared with the model
     # stage and the other tests, measures anywhere from 4 to 40 frames/s.
-    worker = start_worker("w-load", FACESTREAM_SCHEDULER__DETECTOR_MAX_FPS="8")
-    worker.wait_ready()
+    worker = ready_worker("w-load", FACESTREAM_SCHEDULER__DETECTOR_MAX_FPS="8")
     stream_ids = [f"cam-{i}" for i in range(4)]
     for stream_id in stream_ids:  # one after the other: the start order is known
         submit(worker_env, rtsp_server.url, stream_id, "--tasks", "emotion")
