@@ -11,17 +11,25 @@ from worker.cli import main
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_bench_model_tiny_prints_engine_and_single_rows(testdata: Path, capsys):
+def bench_tiny(testdata: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    """`facestream bench model` on the tiny config with random weights on the CPU, `extra`,
+    and the tiny checkpoint's tokenizer: what it printed, once it exited 0."""
     tokenizer = testdata / "facellava-tiny" / "checkpoint"
     status = main(
         [
             *("bench", "model", "--config", "tiny", "--random-weights", "--device", "cpu"),
-            *("--batch-sizes", "1,2", "--max-new-tokens", "3", "--repeats", "1"),
+            *extra,
             *("--tokenizer", str(tokenizer)),
         ]
     )
     assert status == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_bench_model_tiny_prints_engine_and_single_rows(testdata: Path, capsys):
+    out = bench_tiny(
+        testdata, capsys, "--batch-sizes", "1,2", "--max-new-tokens", "3", "--repeats", "1"
+    )
     assert "EOS ignored, every answer is exactly 3 tokens" in out
     rows = [line for line in out.splitlines() if line.startswith(("emotion", "4 tasks"))]
     labels = [row.split("|")[0].split() for row in rows]
@@ -37,16 +45,12 @@ def test_bench_model_7b_refuses_cpu(capsys):
 
 
 def test_bench_model_arrivals_prints_rate_latency_and_memory(testdata: Path, capsys):
-    tokenizer = testdata / "facellava-tiny" / "checkpoint"
-    status = main(
-        [
-            *("bench", "model", "--config", "tiny", "--random-weights", "--device", "cpu"),
-            *("--arrival-rate", "50", "--requests", "6", "--max-new-tokens", "3"),
-            *("--workload", "4 tasks", "--max-visuals", "2", "--tokenizer", str(tokenizer)),
-        ]
+    out = bench_tiny(
+        testdata,
+        capsys,
+        *("--arrival-rate", "50", "--requests", "6", "--max-new-tokens", "3"),
+        *("--workload", "4 tasks", "--max-visuals", "2"),
     )
-    assert status == 0
-    out = capsys.readouterr().out
     assert "KV slots: 2 per modality (fixed)" in out
     assert "faces 6 " in out and "clips/s" in out
     assert "p50" in out and "p95" in out and "peak process RSS" in out

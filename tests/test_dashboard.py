@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.events import emotion_event
 from worker.dashboard.hub import DashboardHub, EntryId, Subscriber, sse_message
 from worker.dashboard.server import DashboardConfigError, DashboardServer, check_bind
 from worker.dashboard.sse_client import SseConnection, SseMessage
-from worker.events import FaceEvent, event_id_for
 from worker.publisher import EventPublisher
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
@@ -30,26 +30,6 @@ from worker.status import StreamState, StreamStatus
 
 pytestmark = pytest.mark.timeout(120)
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def face_event(stream_id: str, track_id: int, n: int, label: str = "happy") -> FaceEvent:
-    now = time.time()
-    return FaceEvent(
-        event_id=event_id_for(stream_id, track_id, float(n), "emotion"),
-        stream_id=stream_id,
-        track_id=track_id,
-        task="emotion",
-        result={"kind": "emotion", "label": label, "matched_text": label},
-        answer_text=f"The person looks {label}.",
-        window_start_s=float(n),
-        window_end_s=n + 2.5,
-        wall_time_s=now,
-        frame_wall_time_s=now,
-        box_xyxy=(10.0, 10.0, 50.0, 60.0),
-        detector_score=0.9,
-        model_id="test",
-        worker_id="w-test",
-    )
 
 
 @pytest.fixture
@@ -108,7 +88,7 @@ def test_new_page_gets_state_then_recent_history_then_live_events(
         StreamStatus("cam-a", StreamState.RUNNING, "w-test", time.time(), fps=5.0)
     )
     for n in range(3):
-        publisher.publish(face_event("cam-a", 1, n))
+        publisher.publish(emotion_event("cam-a", 1, n))
     assert publisher.flush(5)
     server = start_dashboard()
     time.sleep(0.5)  # one poll: the status and the person are in the hub's state
@@ -122,7 +102,7 @@ def test_new_page_gets_state_then_recent_history_then_live_events(
     assert snapshot["people"][person_key]["tasks"]["emotion"]["result"]["label"] == "happy"
     history = take(conn, "face", 3)
     assert [json.loads(m.data)["window_start_s"] for m in history] == [0.0, 1.0, 2.0]
-    publisher.publish(face_event("cam-a", 1, 3, "sad"))
+    publisher.publish(emotion_event("cam-a", 1, 3, "sad"))
     live = take(conn, "face", 1)[0]
     assert json.loads(live.data)["result"]["label"] == "sad"
     assert EntryId.parse(live.id) > EntryId.parse(history[-1].id)
@@ -140,7 +120,7 @@ def test_reconnect_with_last_event_id_resumes_without_gap_or_duplicate(
         for n in range(total):
             if stop.is_set():
                 return
-            publisher.publish(face_event("cam-r", n % 7, n))
+            publisher.publish(emotion_event("cam-r", n % 7, n))
             time.sleep(0.002)
 
     producer = threading.Thread(target=produce, name="test-producer")
@@ -181,7 +161,7 @@ def test_status_changes_and_people_who_left_reach_open_pages(
             short_lived.update_status(
                 StreamStatus("cam-s", StreamState.RUNNING, "w-test", time.time())
             )
-            short_lived.publish(face_event("cam-s", 4, 0))
+            short_lived.publish(emotion_event("cam-s", 4, 0))
             key = RedisKeys("leave").person("cam-s", "", 4)
             history: list[tuple[str, dict]] = []
             degraded_sent = False
@@ -222,7 +202,7 @@ def test_page_that_stops_reading_is_cut_off_and_others_keep_receiving(
         assert stalled is not None and reader is not None
         received = 0
         for n in range(100):  # ~500 bytes each: far more than 16 KiB for a page that never reads
-            publisher.publish(face_event("cam-slow", 1, n))
+            publisher.publish(emotion_event("cam-slow", 1, n))
             if n % 4 == 3:
                 assert publisher.flush(5)
                 deadline = time.monotonic() + 5
@@ -246,8 +226,8 @@ def test_thumbnail_endpoint_serves_only_jpegs_of_people_the_hub_follows(
     keys = RedisKeys(redis_settings.prefix)
     jpeg = encode_thumbnail(np.full((200, 160, 3), 90, np.uint8))
     with EventPublisher(redis_settings.model_copy(update={"thumbnails": True})) as pub:
-        pub.publish(face_event("cam-t", 1, 0).with_thumbnail(jpeg))
-        pub.publish(face_event("cam-t", 2, 0))  # no thumbnail
+        pub.publish(emotion_event("cam-t", 1, 0).with_thumbnail(jpeg))
+        pub.publish(emotion_event("cam-t", 2, 0))  # no thumbnail
         assert pub.flush(5)
     # Foreign bytes under a followed person's thumbnail key are never served.
     redis_server.client().set(keys.thumbnail("cam-t", "", 2), "<script>alert(1)</script>")
@@ -373,7 +353,7 @@ def test_foreign_entries_in_the_events_stream_never_stop_the_feed(
     them still arrive, live and replayed."""
     events_key = RedisKeys(redis_settings.prefix).events
     raw = redis_server.client()
-    publisher.publish(face_event("cam-f", 1, 0))
+    publisher.publish(emotion_event("cam-f", 1, 0))
     assert publisher.flush(5)
     raw.xadd(events_key, {"event": '{"x": 1}', "track_id": "--1", "stream_id": "cam-f"})
     raw.xadd(events_key, {"event": b'{"x": "\xff\xfe"}', "track_id": "\xb2", "stream_id": b"\xff"})
@@ -383,7 +363,7 @@ def test_foreign_entries_in_the_events_stream_never_stop_the_feed(
     assert json.loads(replayed[0].data)["stream_id"] == "cam-f"
     assert replayed[1].data == '{"x": 1}' and "\\xff" in replayed[2].data  # shown as such
     raw.xadd(events_key, {"event": b'{"y": "\xff"}', "track_id": "--2"})
-    publisher.publish(face_event("cam-f", 1, 1, "sad"))
+    publisher.publish(emotion_event("cam-f", 1, 1, "sad"))
     live = take(conn, "face", 2)
     assert json.loads(live[-1].data)["result"]["label"] == "sad"  # the live reader survived
     conn.close()

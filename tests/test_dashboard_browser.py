@@ -142,7 +142,8 @@ def test_page_reconnects_after_the_dashboard_restarts_and_resumes_the_feed(
     tmp_path: Path,
 ) -> None:
     """The browser's own EventSource reconnect (Last-Event-ID) fills what it missed."""
-    from worker.events import FaceEvent, event_id_for
+    from tests.events import emotion_event
+    from worker.events import FaceEvent
     from worker.publisher import EventPublisher
     from worker.settings import RedisSettings
 
@@ -172,20 +173,14 @@ def test_page_reconnects_after_the_dashboard_restarts_and_resumes_the_feed(
         raise AssertionError("dashboard did not start")
 
     def event(n: int) -> FaceEvent:
-        now = time.time()
-        return FaceEvent(
-            event_id=event_id_for("cam-x", 1, float(n), "emotion"),
-            stream_id="cam-x",
-            track_id=1,
-            task="emotion",
-            result={"kind": "emotion", "label": "neutral", "matched_text": "neutral"},
+        return emotion_event(
+            "cam-x",
+            1,
+            n,
+            "neutral",
             answer_text=f"answer {n}",
-            window_start_s=float(n),
             window_end_s=n + 2.0,
-            wall_time_s=now,
-            frame_wall_time_s=now,
             box_xyxy=(0.0, 0.0, 9.0, 9.0),
-            detector_score=0.9,
             model_id="m",
             worker_id="w",
         )

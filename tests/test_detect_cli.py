@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,16 +24,22 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def _reference_frames(testdata: Path, name: str) -> list[dict[str, Any]]:
+    """The `frames` of testdata/reference/NAME.json."""
+    return json.loads((testdata / "reference" / f"{name}.json").read_text())["frames"]
+
+
+def _clip_and_reference(testdata: Path, example: int) -> tuple[Path, list[dict[str, Any]]]:
+    """The authors' example clip `example` (1 or 2) and our RetinaFace's reference frames."""
+    clip = testdata / "videos" / f"facellava_facial_expr_example_{example}.mp4"
+    return clip, _reference_frames(testdata, f"retinaface_mnet_facellava_ex{example}")
+
+
 def test_detect_prints_every_nth_frame_as_json_in_original_pixels(
     testdata: Path, mnet_weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    clip = testdata / "videos" / "facellava_facial_expr_example_1.mp4"
-    reference = json.loads(
-        (testdata / "reference" / "retinaface_mnet_facellava_ex1.json").read_text()
-    )["frames"]
-    authors = json.loads(
-        (testdata / "reference" / "blazeface_facellava_facial_expr_example_1.json").read_text()
-    )["frames"]
+    clip, reference = _clip_and_reference(testdata, 1)
+    authors = _reference_frames(testdata, "blazeface_facellava_facial_expr_example_1")
     args = ["--every", "7", "--batch", "4", "--max-side", "0", "--device", "cpu"]
     status = main(["detect", str(clip), "--weights", str(mnet_weights), *args])
     out = capsys.readouterr().out
@@ -60,10 +67,7 @@ def test_detect_prints_every_nth_frame_as_json_in_original_pixels(
 def test_detect_with_resizing_still_reports_original_frame_pixels(
     testdata: Path, mnet_weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    clip = testdata / "videos" / "facellava_facial_expr_example_2.mp4"
-    reference = json.loads(
-        (testdata / "reference" / "retinaface_mnet_facellava_ex2.json").read_text()
-    )["frames"]
+    clip, reference = _clip_and_reference(testdata, 2)
     args = ["--every", "30", "--max-side", "160", "--score-threshold", "0.5"]
     status = main(["detect", str(clip), "--weights", str(mnet_weights), *args])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
 from tests.settings_env import settings_env_keys
 from worker.settings import Settings
 
@@ -183,14 +183,6 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
         assert ignored(unwanted, patterns), f"{unwanted} would be sent to the build"
 
 
-def load_healthcheck():
-    spec = importlib.util.spec_from_file_location("healthcheck", REPO / "deploy/healthcheck.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_healthcheck_script_probes_the_worker_health_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -210,7 +202,7 @@ def test_healthcheck_script_probes_the_worker_health_server(
     server.start()
     try:
         monkeypatch.setenv("FACESTREAM_HTTP__PORT", str(server.port))
-        healthcheck = load_healthcheck()
+        healthcheck = load_script(REPO / "deploy" / "healthcheck.py")
         assert healthcheck.main() == 0
         alive.clear()
         assert healthcheck.main() == 1

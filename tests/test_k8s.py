@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,6 +16,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from tests.k8s_build import Manifest, build, pod_containers, pod_spec
+from tests.scripts import load_script
 from tests.settings_env import settings_env_keys
 from worker.settings import Settings
 
@@ -29,8 +29,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
-def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Manifest]]:
-    return request.param, build(REPO / "k8s" / "overlays" / request.param)
+def manifests(request: pytest.FixtureRequest) -> list[Manifest]:
+    """The manifests one overlay builds to (each test runs once per overlay)."""
+    return build(REPO / "k8s" / "overlays" / request.param)
 
 
 def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
@@ -81,8 +82,7 @@ def test_python_build_matches_kubectl_kustomize(name: str) -> None:
     assert _normalised(sorted(ours, key=key)) == _normalised(sorted(real, key=key))
 
 
-def test_overlay_has_every_piece(overlay: tuple[str, list[Manifest]]) -> None:
-    _, manifests = overlay
+def test_overlay_has_every_piece(manifests: list[Manifest]) -> None:
     kinds = {m["kind"] for m in manifests}
     assert {
         "Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Deployment",
@@ -115,10 +115,7 @@ def test_validator_covers_kubernetes_129_and_newer() -> None:
     assert (1, 29) in versions and max(versions) >= (1, 33)
 
 
-def test_servicemonitor_scrapes_metrics_on_the_worker_port(
-    overlay: tuple[str, list[Manifest]],
-) -> None:
-    _, manifests = overlay
+def test_servicemonitor_scrapes_metrics_on_the_worker_port(manifests: list[Manifest]) -> None:
     monitor = one(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     service = one(manifests, "Service", "facestream-worker")
@@ -143,9 +140,8 @@ def exported_metric_names() -> set[str]:
 
 
 def test_autoscaler_uses_worker_load_metrics_within_partition_count(
-    overlay: tuple[str, list[Manifest]],
+    manifests: list[Manifest],
 ) -> None:
-    _, manifests = overlay
     scaled = one(manifests, "ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
@@ -172,8 +168,7 @@ def test_autoscaler_uses_worker_load_metrics_within_partition_count(
     assert queried <= exported, queried - exported
 
 
-def test_every_facestream_key_is_a_settings_field(overlay: tuple[str, list[Manifest]]) -> None:
-    _, manifests = overlay
+def test_every_facestream_key_is_a_settings_field(manifests: list[Manifest]) -> None:
     known = settings_env_keys()
     used = {k for k in config_data(manifests) if k.startswith("FACESTREAM")}
     for manifest in manifests:
@@ -185,9 +180,8 @@ def test_every_facestream_key_is_a_settings_field(overlay: tuple[str, list[Manif
 
 
 def test_configmap_and_secrets_load_into_settings(
-    overlay: tuple[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+    manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, manifests = overlay
     import os
 
     for key in [k for k in os.environ if k.startswith("FACESTREAM_")]:
@@ -201,8 +195,7 @@ def test_configmap_and_secrets_load_into_settings(
     assert settings.model.hf_offline is True
 
 
-def test_credentials_come_only_from_the_secret(overlay: tuple[str, list[Manifest]]) -> None:
-    _, manifests = overlay
+def test_credentials_come_only_from_the_secret(manifests: list[Manifest]) -> None:
     assert not SECRET_ENV & set(config_data(manifests))
     env = {e["name"]: e for e in worker(manifests)["env"]}
     for name in SECRET_ENV:
@@ -210,10 +203,7 @@ def test_credentials_come_only_from_the_secret(overlay: tuple[str, list[Manifest
         assert ref["name"] == "facestream-credentials"
 
 
-def test_probes_hit_the_paths_and_port_the_worker_serves(
-    overlay: tuple[str, list[Manifest]],
-) -> None:
-    _, manifests = overlay
+def test_probes_hit_the_paths_and_port_the_worker_serves(manifests: list[Manifest]) -> None:
     container = worker(manifests)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     port = int(config_data(manifests)["FACESTREAM_HTTP__PORT"])
@@ -247,8 +237,7 @@ def test_worker_health_server_answers_every_probe_path() -> None:
         server.stop()
 
 
-def test_termination_grace_covers_the_worker_grace(overlay: tuple[str, list[Manifest]]) -> None:
-    _, manifests = overlay
+def test_termination_grace_covers_the_worker_grace(manifests: list[Manifest]) -> None:
     grace_s = float(
         config_data(manifests).get("FACESTREAM_GRACE_S", Settings.model_fields["grace_s"].default)
     )
@@ -256,8 +245,7 @@ def test_termination_grace_covers_the_worker_grace(overlay: tuple[str, list[Mani
     assert pod["terminationGracePeriodSeconds"] >= grace_s + 10
 
 
-def test_pod_is_locked_down(overlay: tuple[str, list[Manifest]]) -> None:
-    _, manifests = overlay
+def test_pod_is_locked_down(manifests: list[Manifest]) -> None:
     pod = pod_spec(one(manifests, "Deployment", "facestream-worker"))
     # Service links would add FACESTREAM_* variables that are not settings.
     assert pod["enableServiceLinks"] is False
@@ -290,8 +278,7 @@ def test_dev_worker_runs_on_cpu_with_the_tiny_model() -> None:
     assert "tiny" in data["FACESTREAM_MODEL__MODEL"]
 
 
-def test_pdb_selects_the_worker_pods(overlay: tuple[str, list[Manifest]]) -> None:
-    _, manifests = overlay
+def test_pdb_selects_the_worker_pods(manifests: list[Manifest]) -> None:
     pdb = one(manifests, "PodDisruptionBudget")
     deployment = one(manifests, "Deployment", "facestream-worker")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -299,10 +286,7 @@ def test_pdb_selects_the_worker_pods(overlay: tuple[str, list[Manifest]]) -> Non
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
-def test_topics_job_creates_compacted_assignments_and_a_dlq(
-    overlay: tuple[str, list[Manifest]],
-) -> None:
-    _, manifests = overlay
+def test_topics_job_creates_compacted_assignments_and_a_dlq(manifests: list[Manifest]) -> None:
     job = one(manifests, "Job", "facestream-kafka-topics")
     (container,) = pod_containers(job)
     script = " ".join(container["args"])
@@ -344,9 +328,8 @@ def test_topics_job_script_runs_and_logs_in_as_the_workers_sasl_user(tmp_path: P
 
 
 def test_weights_are_fetched_into_the_shared_volume_by_an_init_container(
-    overlay: tuple[str, list[Manifest]],
+    manifests: list[Manifest],
 ) -> None:
-    _, manifests = overlay
     pod = pod_spec(one(manifests, "Deployment", "facestream-worker"))
     (init,) = pod["initContainers"]
     assert init["command"][-1] == "/opt/facestream/fetch_weights.py"
@@ -359,14 +342,6 @@ def test_weights_are_fetched_into_the_shared_volume_by_an_init_container(
         assert mounts[cache] == "/models"  # the image's HF_HOME=/models/hf lives there
 
 
-def load_fetch_weights():
-    spec = importlib.util.spec_from_file_location("fetch_weights", REPO / "deploy/fetch_weights.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fetch_weights_fills_the_cache_once_then_skips(
     testdata: Path, mnet_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -376,7 +351,7 @@ def test_fetch_weights_fills_the_cache_once_then_skips(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("FACESTREAM_MODEL__MODEL", str(tiny / "checkpoint"))
     monkeypatch.setenv("FACESTREAM_DETECTOR__WEIGHTS", str(mnet_weights))
-    fetch = load_fetch_weights()
+    fetch = load_script(REPO / "deploy" / "fetch_weights.py")
     asked: list[str] = []
 
     def snapshot(repo_id: str) -> Path:
@@ -401,6 +376,6 @@ def test_fetch_weights_explains_a_missing_local_checkpoint(
 ) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("FACESTREAM_MODEL__MODEL", str(tmp_path / "missing"))
-    fetch = load_fetch_weights()
+    fetch = load_script(REPO / "deploy" / "fetch_weights.py")
     assert fetch.main([]) == 1
     assert "kubectl cp" in capsys.readouterr().err

@@ -130,6 +130,22 @@ def _measure(admission: Admission, fps: float) -> None:
         admission.observe(4, 4 / fps)
 
 
+def _admitted(
+    count: int,
+    fps: float,
+    measured_fps: float,
+    clock: FakeClock | None = None,
+    max_fps: float | None = None,
+) -> tuple[Admission, list[StreamRecord]]:
+    """An admission at the 90 % bar that measured `measured_fps`, after its first update of
+    `count` records (`_records`) of `fps` each."""
+    admission = Admission(0.9, max_fps=max_fps, clock=clock or FakeClock())
+    records = _records(count, fps=fps)
+    _measure(admission, measured_fps)
+    admission.update(records, force=True)
+    return admission, records
+
+
 def test_every_stream_is_admitted_until_capacity_is_measured() -> None:
     admission = Admission(0.9, clock=FakeClock())
     records = _records(6, fps=10)
@@ -140,10 +156,8 @@ def test_every_stream_is_admitted_until_capacity_is_measured() -> None:
 
 
 def test_overload_sheds_the_newest_streams_whole_and_marks_them_degraded() -> None:
-    admission = Admission(0.9, clock=FakeClock())
-    records = _records(6, fps=5)
-    _measure(admission, 20.0)  # bar: 18 fps -> three 5-fps streams
-    admission.update(records, force=True)
+    # bar: 18 fps -> three 5-fps streams
+    admission, records = _admitted(6, fps=5, measured_fps=20.0)
     assert [r.shed for r in records] == [False] * 3 + [True] * 3
     for record in records[3:]:
         assert record.state == StreamState.DEGRADED
@@ -158,28 +172,20 @@ def test_overload_sheds_the_newest_streams_whole_and_marks_them_degraded() -> No
 
 
 def test_the_oldest_stream_is_served_even_beyond_capacity() -> None:
-    admission = Admission(0.9, clock=FakeClock())
-    records = _records(2, fps=30)
-    _measure(admission, 10.0)
-    admission.update(records, force=True)
+    _, records = _admitted(2, fps=30, measured_fps=10.0)
     assert [r.shed for r in records] == [False, True]
 
 
 def test_operator_cap_limits_the_planned_capacity() -> None:
-    admission = Admission(0.9, max_fps=12.0, clock=FakeClock())
-    records = _records(4, fps=5)
-    _measure(admission, 100.0)
-    admission.update(records, force=True)
+    admission, records = _admitted(4, fps=5, measured_fps=100.0, max_fps=12.0)
     assert [r.shed for r in records] == [False, False, True, True]
     assert admission.figures().capacity_fps == 12.0
 
 
 def test_shed_streams_return_one_at_a_time_after_settling_and_only_under_the_bar() -> None:
     clock = FakeClock()
-    admission = Admission(0.9, clock=clock)
-    records = _records(4, fps=5)
-    _measure(admission, 12.0)  # bar 10.8: two streams
-    admission.update(records, force=True)
+    # bar 10.8: two streams
+    admission, records = _admitted(4, fps=5, measured_fps=12.0, clock=clock)
     assert [r.shed for r in records] == [False, False, True, True]
     # Capacity for three, but not under the 90 % bar: nobody returns.
     _measure(admission, 16.0)  # bar 14.4 < 15
@@ -201,10 +207,7 @@ def test_shed_streams_return_one_at_a_time_after_settling_and_only_under_the_bar
 
 def test_admitted_streams_are_shed_only_when_demand_exceeds_the_capacity_itself() -> None:
     clock = FakeClock()
-    admission = Admission(0.9, clock=clock)
-    records = _records(3, fps=5)
-    _measure(admission, 20.0)
-    admission.update(records, force=True)
+    admission, records = _admitted(3, fps=5, measured_fps=20.0, clock=clock)
     assert not any(r.shed for r in records)
     _measure(admission, 15.5)  # 15 fps asked: above the 90 % bar, within capacity
     admission.update(records, force=True)
@@ -220,10 +223,7 @@ def test_admitted_streams_are_shed_only_when_demand_exceeds_the_capacity_itself(
 
 def test_stopping_an_admitted_stream_lets_the_next_one_in_by_start_order() -> None:
     clock = FakeClock()
-    admission = Admission(0.9, clock=clock)
-    records = _records(4, fps=5)
-    _measure(admission, 12.0)
-    admission.update(records, force=True)
+    admission, records = _admitted(4, fps=5, measured_fps=12.0, clock=clock)
     clock.now_s += SETTLE_S
     admission.update(records[1:], force=True)  # cam-0 stopped: 5 fps free
     assert [r.shed for r in records[1:]] == [False, False, True]
@@ -273,7 +273,7 @@ def giant_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_keeps_producing(
-    start_worker,
+    ready_worker,
     worker_env,
     rtsp_server,
     worker_output,
@@ -290,8 +290,7 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
         "FACESTREAM_SOURCE__QUEUE_BYTES": str(2 * 1920 * 1080 * 3),
         "FACESTREAM_DETECTOR__MAX_BATCH": "4",
     }
-    worker = start_worker("w-mem", **tuning)
-    worker.wait_ready()
+    worker = ready_worker("w-mem", **tuning)
     submit(worker_env, rtsp_server.url, "cam-normal", "--tasks", "emotion")
     wait_for(lambda: read_events(client, prefix), 150, "a first event of the camera")
     baseline = _proc_status_bytes(worker.process.pid, "VmRSS")
@@ -339,7 +338,7 @@ def test_worker_with_giant_streams_stays_under_its_memory_bound_while_a_camera_k
 
 
 def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_rest(
-    start_worker,
+    ready_worker,
     worker_env,
     rtsp_server,
     worker_output,
@@ -348,8 +347,7 @@ def test_overloaded_worker_serves_the_first_streams_and_says_degraded_for_the_re
     # Plan for 8 frames/s at most (less if it measures less): one 5-fps stream fits the
     # 90 % bar (7.2 frames/s), two do not; this machine's detector, shared with the model
     # stage and the other tests, measures anywhere from 4 to 40 frames/s.
-    worker = start_worker("w-load", FACESTREAM_SCHEDULER__DETECTOR_MAX_FPS="8")
-    worker.wait_ready()
+    worker = ready_worker("w-load", FACESTREAM_SCHEDULER__DETECTOR_MAX_FPS="8")
     stream_ids = [f"cam-{i}" for i in range(4)]
     for stream_id in stream_ids:  # one after the other: the start order is known
         submit(worker_env, rtsp_server.url, stream_id, "--tasks", "emotion")

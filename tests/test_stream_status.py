@@ -36,8 +36,8 @@ from worker.watcher import DesiredChange
 
 pytestmark = pytest.mark.timeout(300)
 
-# The unit-test worker of tests/test_worker.py, shared (`start_worker` and `worker_env`
-# come from the `tests.workers` plugin).
+# The unit-test worker of tests/test_worker.py, shared (`start_worker`, `ready_worker` and
+# `worker_env` come from the `tests.workers` plugin).
 bare_worker = worker_tests.bare_worker
 
 
@@ -170,11 +170,10 @@ def test_status_shows_owner_gone_when_the_worker_key_is_missing(redis_server: Re
 
 
 def test_status_shows_detection_rate_tasks_labels_then_stopped_and_released(
-    start_worker, worker_env, rtsp_server, redis_server
+    ready_worker, worker_env, rtsp_server, redis_server
 ) -> None:
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    worker = start_worker("w1")
-    worker.wait_ready()
+    worker = ready_worker("w1")
     _submit_and_wait_running(worker_env, rtsp_server.url, redis_server, "cam-s",
                              "--tasks", "emotion,age", "--label", "site=lobby",
                              "--detection-fps", "4")  # fmt: skip
@@ -214,11 +213,10 @@ def test_status_shows_detection_rate_tasks_labels_then_stopped_and_released(
 
 
 def test_status_says_owner_gone_within_session_timeout_after_sigkill(
-    start_worker, worker_env, rtsp_server, redis_server
+    ready_worker, worker_env, rtsp_server, redis_server
 ) -> None:
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    worker = start_worker("w1")
-    worker.wait_ready()
+    worker = ready_worker("w1")
     _submit_and_wait_running(worker_env, rtsp_server.url, redis_server, "cam-k")
     assert _entry(redis_server, prefix, "cam-k").owner_alive is True
     worker.process.send_signal(signal.SIGKILL)

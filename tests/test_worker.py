@@ -312,11 +312,10 @@ def test_signal_while_loading_models_exits_zero_at_once(
 
 
 def test_submitted_camera_yields_complete_events_person_hash_and_status(
-    start_worker, worker_env, rtsp_server, worker_output
+    ready_worker, worker_env, rtsp_server, worker_output
 ) -> None:
     prefix, client = worker_output
-    worker = start_worker("w1")
-    worker.wait_ready()
+    worker = ready_worker("w1")
     secret_url = rtsp_server.url_with_credentials("admin", "s3cr3t-pw")
     submit(worker_env, secret_url, "cam-1", "--tasks", "emotion,age")
 
@@ -375,11 +374,10 @@ def test_submitted_camera_yields_complete_events_person_hash_and_status(
 
 
 def test_sigterm_exits_zero_within_grace_with_only_whole_events(
-    start_worker, worker_env, rtsp_server, worker_output
+    ready_worker, worker_env, rtsp_server, worker_output
 ) -> None:
     prefix, client = worker_output
-    worker = start_worker("w1")
-    worker.wait_ready()
+    worker = ready_worker("w1")
     submit(worker_env, rtsp_server.url, "cam-term", "--tasks", "emotion")
     wait_for(lambda: read_events(client, prefix), 150, "a first event")
 
@@ -451,11 +449,10 @@ def test_streams_move_to_survivor_when_worker_is_killed_without_duplicate_events
 
 
 def test_hostile_urls_are_refused_with_error_status_and_nothing_opened(
-    start_worker, worker_env, kafka_topics, worker_output
+    ready_worker, worker_env, kafka_topics, worker_output
 ) -> None:
     prefix, client = worker_output
-    worker = start_worker("w1")
-    worker.wait_ready()
+    worker = ready_worker("w1")
     hostile = {
         "h-file": "file:///etc/passwd",
         "h-concat": "concat:/etc/passwd|/etc/hosts",
@@ -484,11 +481,10 @@ def test_hostile_urls_are_refused_with_error_status_and_nothing_opened(
 
 
 def test_file_that_ends_is_marked_done_and_tombstoned(
-    start_worker, worker_env, kafka_topics, worker_output, testdata
+    ready_worker, worker_env, kafka_topics, worker_output, testdata
 ) -> None:
     prefix, client = worker_output
-    worker = start_worker("w1", FACESTREAM_SOURCE__ALLOW_FILE="true")
-    worker.wait_ready()
+    worker = ready_worker("w1", FACESTREAM_SOURCE__ALLOW_FILE="true")
     clip = testdata / "videos" / "facellava_facial_expr_example_2.mp4"
     submit(worker_env, str(clip), "vod-1", "--tasks", "emotion,age", "--allow-file")
 
@@ -506,11 +502,10 @@ def test_file_that_ends_is_marked_done_and_tombstoned(
 
 
 def test_worker_survives_redis_outage_and_events_resume(
-    start_worker, worker_env, rtsp_server, redis_server
+    ready_worker, worker_env, rtsp_server, redis_server
 ) -> None:
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
-    worker = start_worker("w1", FACESTREAM_REDIS__BUFFER_MAX_EVENTS="50")
-    worker.wait_ready()
+    worker = ready_worker("w1", FACESTREAM_REDIS__BUFFER_MAX_EVENTS="50")
     submit(worker_env, rtsp_server.url, "cam-r", "--tasks", "emotion")
     client = redis_server.client()
     wait_for(lambda: read_events(client, prefix), 150, "a first event")
@@ -538,13 +533,12 @@ def test_worker_survives_redis_outage_and_events_resume(
 
 
 def test_worker_survives_200_malformed_records_and_sends_each_to_the_dlq(
-    start_worker, worker_env, kafka_topics, worker_output
+    ready_worker, worker_env, kafka_topics, worker_output
 ) -> None:
     from tests.test_assignments import malformed_record
 
     prefix, client = worker_output
-    worker = start_worker("w1")
-    worker.wait_ready()
+    worker = ready_worker("w1")
     rng = random.Random(26112026)
     records = [malformed_record(rng, i) for i in range(200)]
     kafka_topics.broker.produce(kafka_topics.topic, records)

@@ -55,7 +55,7 @@ def _check_people(client: redis.Redis, keys: RedisKeys, stream_id: str) -> set[s
 
 
 def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
-    start_worker,
+    ready_worker,
     worker_env,
     rtsp_server,
     redis_server,
@@ -63,8 +63,7 @@ def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
     prefix = worker_env["FACESTREAM_REDIS__PREFIX"]
     keys = RedisKeys(prefix)
     client = redis_server.client()
-    worker = start_worker("w1")
-    worker.wait_ready()
+    worker = ready_worker("w1")
     sessions: list[str] = []
     person_sessions: set[str] = set()
 
@@ -107,8 +106,7 @@ def test_live_stream_restarts_keep_every_sessions_events_apart_and_complete(
     assert _metric(worker, "facestream_events_deduplicated_total") == 0
     worker.process.send_signal(signal.SIGTERM)  # a rolling restart of the worker
     assert worker.process.wait(40) == 0
-    successor = start_worker("w2")
-    successor.wait_ready()
+    successor = ready_worker("w2")
     next_session(5)
 
     events = read_events(client, prefix)

@@ -1,7 +1,7 @@
 """`facestream worker` subprocesses for the end-to-end tests (a pytest plugin, see
-tests/conftest.py): the `worker_env` and `start_worker` fixtures, and the helpers those
-tests share (submit or stop a stream through the CLI, read events and statuses from
-Redis, wait for a condition).
+tests/conftest.py): the `worker_env`, `start_worker` and `ready_worker` fixtures, and the
+helpers those tests share (submit or stop a stream through the CLI, read events and
+statuses from Redis, wait for a condition).
 
 Workers run as subprocesses, exactly as Kubernetes runs them, so SIGTERM and SIGKILL are
 real.
@@ -121,6 +121,18 @@ def start_worker(
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def ready_worker(start_worker: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:
+    """`start_worker`, then wait until that worker is ready (`/readyz` answers 200)."""
+
+    def start_ready(worker_id: str, **extra_env: str) -> WorkerProcess:
+        worker = start_worker(worker_id, **extra_env)
+        worker.wait_ready()
+        return worker
+
+    return start_ready
 
 
 def facestream_cli(env: dict[str, str], *args: str) -> None:
