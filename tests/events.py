@@ -5,17 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from worker.events import FaceEvent, event_id_for
+from worker.events import FaceEvent
 
 
 def emotion_event(
     stream_id: str, track_id: int, window_start_s: float, label: str = "happy", **overrides: Any
 ) -> FaceEvent:
     """Person `track_id` of `stream_id` looks `label` in the window from `window_start_s`;
-    the id follows `event_id_for`, and `overrides` replace any other field."""
+    `overrides` replace any field; the id is made from the result (`FaceEvent.identified`)."""
     now = time.time()
     fields: dict[str, Any] = {
-        "event_id": event_id_for(stream_id, track_id, float(window_start_s), "emotion"),
         "stream_id": stream_id,
         "track_id": track_id,
         "task": "emotion",
@@ -30,4 +29,4 @@ def emotion_event(
         "model_id": "test",
         "worker_id": "w-test",
     }
-    return FaceEvent(**{**fields, **overrides})
+    return FaceEvent.identified(**{**fields, **overrides})
