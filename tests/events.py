@@ -12,7 +12,8 @@ def emotion_event(
     stream_id: str, track_id: int, window_start_s: float, label: str = "happy", **overrides: Any
 ) -> FaceEvent:
     """Person `track_id` of `stream_id` looks `label` in the window from `window_start_s`;
-    `overrides` replace any field; the id is made from the result (`FaceEvent.identified`)."""
+    `overrides` replace any field; the id is made from the event's stream, session, track,
+    window start and task (`FaceEvent.identified`)."""
     now = time.time()
     fields: dict[str, Any] = {
         "stream_id": stream_id,

@@ -375,6 +375,35 @@ def test_attribute_vocabulary_file_refuses_a_rule_it_cannot_read() -> None:
         {"attribute": "Bangs", "pattern": "x", "hair": "y"},  # both
         {"attribute": "Bangs", "pattern": "x", "negateable": False},  # misspelt key
         {"attribute": "Bangs", "pattern": "x", "says": "maybe"},
+        "Bangs",  # not a table
+        {"attribute": "Bangs", "pattern": "x", "negatable": "false"},  # a string, not a bool
+        {"attribute": "Bangs", "pattern": "x", "also": "|y"},  # also goes with hair only
+        {"attribute": "Bangs", "pattern": 5},
+        {"attribute": "Bangs", "pattern": "(unclosed"},
+        {"attribute": "Bushy_Eyebrows", "pattern": "bushy {BRWO}"},  # misspelt placeholder
     ):
         with pytest.raises(ValueError, match=r"answer_vocabulary\.toml"):
             _attribute_rule(bad)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [{"12": "lip corner pull"}, {"3": ["x"]}, {"twelve": ["x"]}, {"12": ["(x"]}, ["x"]],
+)
+def test_action_unit_names_refuse_what_is_not_a_list_of_regexes_per_facs_unit(table) -> None:
+    from models.facellava.answers import _action_unit_names
+
+    with pytest.raises(ValueError, match=r"answer_vocabulary\.toml"):
+        _action_unit_names(table)
+
+
+def test_answer_vocabulary_ships_as_package_data() -> None:
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    from models.facellava.answers import VOCABULARY_FILE
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch(VOCABULARY_FILE.name, p) for p in patterns["models.facellava"])

@@ -225,3 +225,37 @@ def test_tied_word_embeddings_load_without_an_lm_head(tiny: Path, tmp_path: Path
     language_model = tied.model.language_model
     assert language_model.lm_head.weight is language_model.model.embed_tokens.weight
     assert torch.equal(language_model.lm_head.weight, state["model.embed_tokens.weight"])
+
+
+def test_tower_config_reads_each_field_as_its_type_and_names_a_missing_one() -> None:
+    import dataclasses
+
+    from models.facellava.modeling import (
+        _CLIP_FIELDS,
+        _FIELD_CASTS,
+        FaceLlavaConfigError,
+        TowerConfig,
+    )
+
+    fields = {f.name: str(f.type) for f in dataclasses.fields(TowerConfig)}
+    assert set(fields.values()) <= set(_FIELD_CASTS)  # every field has a cast
+    assert set(_CLIP_FIELDS) <= set(fields)
+    vision = {
+        "hidden_size": "64",
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 32,
+        "patch_size": 8,
+        "layer_norm_eps": "1e-6",
+        "num_frames": 8,
+        "unrelated": "ignored",
+    }
+    tower = TowerConfig.from_languagebind({"vision_config": vision})
+    assert tower.hidden_size == 64 and tower.layer_norm_eps == 1e-6 and tower.num_frames == 8
+    assert tower.num_channels == 3 and tower.hidden_act == "gelu"  # defaults kept
+    clip = tower.to_clip(1, "eager")
+    assert clip.num_hidden_layers == 1 and clip.hidden_size == 64 and clip.patch_size == 8
+    del vision["patch_size"]
+    with pytest.raises(FaceLlavaConfigError, match="lacks field 'patch_size'"):
+        TowerConfig.from_languagebind(vision)

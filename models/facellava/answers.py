@@ -462,39 +462,97 @@ _HAIR_COLOURS_AFTER_DARK = r"brown|blond|blonde|red|gray|grey|auburn|chestnut"
 VOCABULARY_FILE = Path(__file__).with_name("answer_vocabulary.toml")
 """The parser's vocabulary (data, not code): which words say which CelebA attribute, and
 the names the model uses for action units."""
-_VOCABULARY: dict[str, Any] = tomllib.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
 
 _SHARED_PIECES = {"{BROW}": _BROW, "{HAIR_COLOURS_AFTER_DARK}": _HAIR_COLOURS_AFTER_DARK}
 _RULE_KEYS = frozenset({"attribute", "pattern", "hair", "also", "says", "negatable"})
 
 
-def _rule_text(value: str | list[str]) -> str:
-    text = value if isinstance(value, str) else "".join(value)
+def _vocabulary_error(what: str) -> ValueError:
+    return ValueError(f"{VOCABULARY_FILE.name}: {what}")
+
+
+def _read_vocabulary() -> dict[str, Any]:
+    try:
+        return tomllib.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise _vocabulary_error(f"not TOML: {exc}") from exc
+
+
+_VOCABULARY = _read_vocabulary()
+
+
+def _rule_text(value: object, rule: dict[str, Any]) -> str:
+    """A rule's regex text: a string or a list of strings joined, placeholders filled."""
+    if isinstance(value, list) and all(isinstance(piece, str) for piece in value):
+        value = "".join(value)
+    if not isinstance(value, str):
+        raise _vocabulary_error(f"a pattern is a string or a list of strings: {rule!r}")
     for placeholder, piece in _SHARED_PIECES.items():
-        text = text.replace(placeholder, piece)
-    return text
+        value = value.replace(placeholder, piece)
+    left = re.search(r"\{[A-Z_]+\}", value)
+    if left is not None:
+        raise _vocabulary_error(f"unknown placeholder {left.group(0)}: {rule!r}")
+    return value
 
 
 def _attribute_rule(rule: dict[str, Any]) -> tuple[str, re.Pattern[str], bool, bool]:
-    """(attribute, compiled regex, says_present, negatable) of one [[attribute]] rule."""
+    """(attribute, compiled regex, says_present, negatable) of one [[attribute]] rule;
+    `ValueError` naming the file for a rule it cannot read."""
+    if not isinstance(rule, dict):
+        raise _vocabulary_error(f"an [[attribute]] rule is a table: {rule!r}")
     name = rule.get("attribute")
-    unknown = set(rule) - _RULE_KEYS
-    if name not in CELEBA_ATTRIBUTES or unknown or ("pattern" in rule) == ("hair" in rule):
-        raise ValueError(f"{VOCABULARY_FILE.name}: bad rule {rule!r}")
+    if name not in CELEBA_ATTRIBUTES:
+        raise _vocabulary_error(f"not a CelebA attribute: {rule!r}")
+    unknown = sorted(set(rule) - _RULE_KEYS)
+    if unknown:
+        raise _vocabulary_error(f"unknown keys {unknown}: {rule!r}")
+    if ("pattern" in rule) == ("hair" in rule):
+        raise _vocabulary_error(f"a rule has either pattern or hair: {rule!r}")
+    if "also" in rule and "hair" not in rule:
+        raise _vocabulary_error(f"also goes with hair: {rule!r}")
+    says, negatable = rule.get("says", "present"), rule.get("negatable", True)
+    if says not in ("present", "absent") or not isinstance(negatable, bool):
+        raise _vocabulary_error(f"says is present or absent, negatable true or false: {rule!r}")
     if "pattern" in rule:
-        pattern = _rule_text(rule["pattern"])
+        pattern = _rule_text(rule["pattern"], rule)
     else:
-        pattern = _hair(_rule_text(rule["hair"])) + _rule_text(rule.get("also", ""))
-    says = rule.get("says", "present")
-    if says not in ("present", "absent"):
-        raise ValueError(f"{VOCABULARY_FILE.name}: says must be present or absent: {rule!r}")
-    negatable = bool(rule.get("negatable", True))
-    return name, re.compile(rf"\b(?:{pattern})\b"), says == "present", negatable
+        pattern = _hair(_rule_text(rule["hair"], rule)) + _rule_text(rule.get("also", ""), rule)
+    try:
+        regex = re.compile(rf"\b(?:{pattern})\b")
+    except re.error as exc:
+        raise _vocabulary_error(f"{name}: bad regex ({exc})") from exc
+    return name, regex, says == "present", negatable
+
+
+def _action_unit_names(table: object) -> dict[int, list[str]]:
+    """`[action_unit_names]`: AU number → regexes; `ValueError` naming the file otherwise."""
+    if not isinstance(table, dict):
+        raise _vocabulary_error("[action_unit_names] is a table")
+    names_of: dict[int, list[str]] = {}
+    for number, names in table.items():
+        if (
+            not number.isdigit()
+            or int(number) not in FACS_ACTION_UNITS
+            or not isinstance(names, list)
+            or not all(isinstance(name, str) for name in names)
+        ):
+            raise _vocabulary_error(
+                f"action_unit_names.{number}: a list of regexes for a FACS action unit"
+            )
+        for name in names:
+            try:
+                re.compile(name)
+            except re.error as exc:
+                raise _vocabulary_error(f"action_unit_names.{number}: bad regex {name!r}") from exc
+        names_of[int(number)] = list(names)
+    return names_of
 
 
 # An asserted match of a rule says the attribute is present (or absent, for says =
 # "absent"); a negated match says the opposite when the rule is negatable.
-_ATTRIBUTE_RES = [_attribute_rule(rule) for rule in _VOCABULARY["attribute"]]
+_ATTRIBUTE_RES = [_attribute_rule(rule) for rule in _VOCABULARY.get("attribute", [])]
+if not _ATTRIBUTE_RES:
+    raise _vocabulary_error("no [[attribute]] rules")
 
 
 def parse_attributes(text: str) -> AttributesResult | None:
@@ -545,9 +603,7 @@ FACS_ACTION_UNITS: dict[int, str] = {
 """Canonical FACS names of the action units 1–46 (3 and 40 are not defined)."""
 
 # Name variants the model writes ("lip corner pull", "brow lowering", "lips parted").
-_AU_EXTRA_NAMES: dict[int, list[str]] = {
-    int(number): list(names) for number, names in _VOCABULARY["action_unit_names"].items()
-}
+_AU_EXTRA_NAMES = _action_unit_names(_VOCABULARY.get("action_unit_names", {}))
 
 
 def _au_name_regex(number: int) -> str:

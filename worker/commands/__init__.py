@@ -2,8 +2,8 @@
 
 A command module has `HELP` (its line in the parent's `--help`), a docstring (its own
 `--help` text, shown as written), optionally `add_arguments(parser)`, and `run(args)`
-returning the exit status (a module grouping sub-commands adds them in `add_arguments`
-and has no `run`).
+returning the exit status. A module grouping sub-commands adds them in `add_arguments`;
+`bench` has no `run` (each benchmark has its own), `model`'s `run` dispatches its actions.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Where tower weights come from (see ModelOptions.tower_weights).",
     )
     convert.add_argument("--log-format", choices=("json", "console"), default="console")
-    convert.set_defaults(func=run)
 
     verify = actions.add_parser(
         "verify", help="Compare our model with the authors' reference outputs on a fixture."
@@ -48,7 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     verify.add_argument("--log-format", choices=("json", "console"), default="console")
     verify.add_argument("--log-level", default="warning")
-    verify.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,13 +2,13 @@
 
 FPS is the detection rate (frames detected per second), DECODE the decode rate. A stream
 whose status needs its worker (`starting`, `running`, ...) is shown `owner_gone` when
-that worker's liveness key has expired (`worker.status.shown_state`); `--json` carries
+that worker's liveness key ({prefix}:worker:{id}) has expired; `--json` carries
 the state as written too (`written_state`) and `owner_alive`.
 
 Entries this version did not write (a foreign or broken hash: unknown state, a number that
 is not one, a time of 1e300, bytes that are not UTF-8, a key of the wrong type) are shown
-as such, row by row: one bad entry never hides the others. Everything printed passes
-through `printable`, so control characters (ANSI escapes) reach the terminal as `\\u001b`.
+as such, row by row: one bad entry never hides the others. Control characters (ANSI
+escapes) are printed escaped, as `\\u001b`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ new events only unless --from-start.
 
 An entry this version cannot read (no `event` field, bytes that are not UTF-8, JSON of
 another schema, a time of 1e300 or NaN) is printed as such and skipped past, so one bad
-entry never stops the tail; everything printed passes through `printable`.
+entry never stops the tail; control characters are printed escaped, as `\\u001b`.
 """
 
 from __future__ import annotations
