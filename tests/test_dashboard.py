@@ -81,9 +81,15 @@ def get(server: DashboardServer, path: str, headers: dict[str, str] | None = Non
         return exc.code, dict(exc.headers), exc.read()
 
 
+def worker_alive(redis_server, prefix: str, worker_id: str = "w-test") -> None:
+    """The liveness key a running worker keeps refreshing (`worker.liveness`)."""
+    redis_server.client().set(RedisKeys(prefix).worker(worker_id), "{}", ex=60)
+
+
 def test_new_page_gets_state_then_recent_history_then_live_events(
-    publisher: EventPublisher, start_dashboard, redis_settings: RedisSettings
+    publisher: EventPublisher, start_dashboard, redis_server, redis_settings: RedisSettings
 ) -> None:
+    worker_alive(redis_server, redis_settings.prefix)
     publisher.update_status(
         StreamStatus("cam-a", StreamState.RUNNING, "w-test", time.time(), fps=5.0)
     )
@@ -148,6 +154,24 @@ def test_reconnect_with_last_event_id_resumes_without_gap_or_duplicate(
     assert [m.id for m in received] == in_redis  # every entry, once, in order
 
 
+def test_stream_whose_worker_is_gone_is_shown_owner_gone_with_its_written_state(
+    publisher: EventPublisher, start_dashboard, redis_server, redis_settings: RedisSettings
+) -> None:
+    worker_alive(redis_server, redis_settings.prefix, "w-live")
+    now = time.time()
+    publisher.update_status(StreamStatus("cam-live", StreamState.RUNNING, "w-live", now))
+    publisher.update_status(StreamStatus("cam-dead", StreamState.RUNNING, "w-dead", now))
+    publisher.update_status(StreamStatus("cam-over", StreamState.DONE, "w-dead", now))
+    assert publisher.flush(5)
+    server = start_dashboard()
+    time.sleep(0.5)  # one poll
+    streams = json.loads(get(server, "/api/state")[2])["streams"]
+    assert streams["cam-dead"]["state"] == "owner_gone"
+    assert streams["cam-dead"]["written_state"] == "running"
+    assert streams["cam-live"]["state"] == "running" and "written_state" not in streams["cam-live"]
+    assert streams["cam-over"]["state"] == "done"  # an outcome stays true without its worker
+
+
 def test_status_changes_and_people_who_left_reach_open_pages(
     publisher: EventPublisher, start_dashboard, redis_server
 ) -> None:
@@ -158,6 +182,7 @@ def test_status_changes_and_people_who_left_reach_open_pages(
         ).start()
         try:
             conn = SseConnection("127.0.0.1", server.port)
+            worker_alive(redis_server, "leave")
             short_lived.update_status(
                 StreamStatus("cam-s", StreamState.RUNNING, "w-test", time.time())
             )

@@ -62,6 +62,12 @@ def test_page_shows_live_stream_people_events_and_state_changes(
             mapping={"state": "quarantined", "error": HOSTILE, "gpu_temp_c": "71"},
         )
         client.sadd(f"{prefix}:streams", "odd-cam")
+        # A stream whose worker is gone (no liveness key): the hash still says running.
+        client.hset(
+            RedisKeys(prefix).stream("ghost-cam"),
+            mapping={"state": "running", "worker_id": "w-ghost", "updated_s": str(time.time())},
+        )
+        client.sadd(f"{prefix}:streams", "ghost-cam")
         wait_for(lambda: client.xlen(f"{prefix}:events") > 0, 150, "a first event")
 
         browser.call("goto", url=f"http://127.0.0.1:{port}/")
@@ -102,6 +108,13 @@ def test_page_shows_live_stream_people_events_and_state_changes(
         assert "state-other" in odd["badge"] and "quarantined" in odd["text"]
         assert HOSTILE in odd["text"] and "gpu_temp_c=71" in odd["text"]
         assert odd["xss"] is None and odd["imgs"] == 0
+        ghost = browser.call(
+            "eval",
+            expression="const r = document.querySelector('#streams tr[data-stream=\"ghost-cam\"]');"
+            "return {badge: r.querySelector('.badge').className, text: r.textContent};",
+        )
+        assert "state-owner_gone" in ghost["badge"], ghost
+        assert "worker gone; last written: running" in ghost["text"], ghost
         browser.call("screenshot", path=str(shots / "dashboard_live.png"))
 
         # A new event shows within 2 s of reaching Redis, without a reload.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.facellava.tasks import Task
+from worker.status import StreamState, shown_state
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # a track id as the worker writes it
 
@@ -107,9 +108,22 @@ class Subscriber:
         self._cond.notify_all()
 
 
-def stream_view(fields: dict[str, str]) -> dict[str, str]:
-    """A status hash as the page gets it: every field, as strings (newer fields included)."""
-    return dict(sorted(fields.items()))
+def stream_view(fields: dict[str, str], owner_alive: bool | None = None) -> dict[str, str]:
+    """A status hash as the page gets it: every field, as strings (newer fields included).
+
+    As `facestream status` shows it: a state that needs its worker (`running`, ...) is
+    shown `owner_gone` when that worker's liveness key is gone (`owner_alive` False); the
+    state as written is then kept in `written_state`."""
+    view = dict(sorted(fields.items()))
+    try:
+        state = StreamState(fields.get("state", ""))
+    except ValueError:
+        return view  # a foreign state: shown as written
+    shown = shown_state(state, owner_alive)
+    if shown is not state:
+        view["written_state"] = view["state"]
+        view["state"] = shown.value
+    return view
 
 
 def person_view(

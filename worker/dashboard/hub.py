@@ -45,6 +45,7 @@ from worker.dashboard.feed import (
 from worker.dashboard.replay import READ_PAGE_EVENTS, EventsStream, replay_events
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
+from worker.status import owners_alive
 from worker.thumbnails import is_thumbnail
 
 log = structlog.get_logger(__name__)
@@ -321,10 +322,17 @@ class DashboardHub:
             pipe.exists(self.keys.thumbnail_of_person(key))
         results = pipe.execute()
         now_s = time.time()
-        streams = {
-            stream_id: stream_view(fields)
+        hashes = {
+            stream_id: fields
             for stream_id, fields in zip(stream_ids, results[: len(stream_ids)], strict=True)
             if fields
+        }
+        alive = owners_alive(
+            self._client, self.keys, (fields.get("worker_id", "") for fields in hashes.values())
+        )
+        streams = {
+            stream_id: stream_view(fields, alive.get(fields.get("worker_id", "")))
+            for stream_id, fields in hashes.items()
         }
         people, gone_keys = people_views(
             person_keys, results[len(stream_ids) :], self._known_people, now_s

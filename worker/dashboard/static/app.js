@@ -168,7 +168,10 @@ function renderStreamFilter() {
 }
 
 function stateClass(state) {
-  const known = ["starting", "running", "reconnecting", "stalled", "degraded", "done", "error", "stopped"];
+  const known = [
+    "starting", "running", "reconnecting", "stalled", "degraded", "done", "error", "stopped",
+    "released", "owner_gone",
+  ];
   return known.includes(state) ? `state-${state}` : "state-other";
 }
 
@@ -185,7 +188,9 @@ function renderStreams(f, peopleByStream) {
     const stateCell = el("td");
     const badge = el("span", `badge ${stateClass(s.state)}`, s.state || "unknown");
     stateCell.appendChild(badge);
-    const reason = s.error || s.reason || s.degraded_reason || "";
+    // owner_gone: the hub found the worker's liveness key gone; the hash still says `written_state`.
+    const gone = s.state === "owner_gone" ? `worker gone; last written: ${s.written_state || "?"}` : "";
+    const reason = gone || s.error || s.reason || s.degraded_reason || "";
     if (reason) stateCell.appendChild(el("div", "reason", reason));
     tr.appendChild(stateCell);
     // `fps` is the detection rate (frames detected per second), `decode_fps` the decode rate.
