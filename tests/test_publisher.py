@@ -326,6 +326,37 @@ def test_stream_status_hash_fields_are_written_with_url_redacted(redis_server: R
     assert read_back.error == fields["error"]
 
 
+def test_late_released_never_overwrites_the_next_owners_status(
+    redis_server: RedisServer,
+) -> None:
+    now = time.time()
+    reader = StreamStatusReader(redis_server.client(), RedisKeys("fs-test"))
+    with (
+        EventPublisher(settings_for(redis_server.url)) as old_owner,
+        EventPublisher(settings_for(redis_server.url)) as new_owner,
+    ):
+        old_owner.update_status(StreamStatus("lobby", StreamState.RUNNING, "w-a", now))
+        assert old_owner.flush(timeout_s=5)
+        new_owner.update_status(
+            StreamStatus("lobby", StreamState.ERROR, "w-b", now + 1, error="file is corrupt")
+        )
+        assert new_owner.flush(timeout_s=5)
+        # w-a shuts down a moment later and lets the stream go.
+        old_owner.update_status(StreamStatus("lobby", StreamState.RELEASED, "w-a", now + 2))
+        assert old_owner.flush(timeout_s=5)
+        kept = reader.get("lobby")
+        assert kept is not None and kept.state is StreamState.ERROR and kept.worker_id == "w-b"
+        assert kept.error == "file is corrupt"
+        # Over its own status (or none), a worker's `released` is written.
+        new_owner.update_status(StreamStatus("lobby", StreamState.RELEASED, "w-b", now + 3))
+        new_owner.update_status(StreamStatus("gone", StreamState.RELEASED, "w-b", now + 3))
+        assert new_owner.flush(timeout_s=5)
+    for stream_id in ("lobby", "gone"):
+        written = reader.get(stream_id)
+        assert written is not None and written.state is StreamState.RELEASED, stream_id
+    assert redis_server.client().ttl("fs-test:stream:{lobby}") > 0
+
+
 def test_removed_stream_status_disappears_from_listing(redis_server: RedisServer) -> None:
     now = time.time()
     with EventPublisher(settings_for(redis_server.url)) as publisher:

@@ -18,7 +18,7 @@ from redis.client import Pipeline
 from worker.events import FaceEvent
 from worker.redis_keys import RedisKeys
 from worker.settings import RedisSettings
-from worker.status import StreamStatus
+from worker.status import StreamState, StreamStatus
 
 # KEYS: seen marker, events stream, person hash, thumbnail.
 # ARGV: dedup ttl s, stream maxlen, live channel, event json, event id, stream id, track id,
@@ -97,6 +97,21 @@ def queue_event(
     )
 
 
+RELEASE_LUA = """
+-- A worker letting a stream go writes `released` only while the status hash is still its
+-- own (or gone): the stream's next owner may already have written (a one-shot `error`,
+-- say), and a late `released` must not overwrite that.
+-- KEYS[1] status hash; ARGV[1] worker id, ARGV[2] TTL, ARGV[3..] field, value, ...
+local owner = redis.call('HGET', KEYS[1], 'worker_id')
+if owner and owner ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 def queue_status(
     pipe: Pipeline,
     keys: RedisKeys,
@@ -104,15 +119,22 @@ def queue_status(
     stream_id: str,
     status: StreamStatus | None,
 ) -> None:
-    """Add one stream's status write (or its removal, `status=None`) to `pipe`."""
+    """Add one stream's status write (or its removal, `status=None`) to `pipe`; a
+    `released` status is written only over this worker's own (`RELEASE_LUA`)."""
     if status is None:
         pipe.delete(keys.stream(stream_id))
         pipe.srem(keys.streams, stream_id)
+        return
+    if status.state is StreamState.RELEASED:
+        fields = [item for pair in status.to_hash().items() for item in pair]
+        pipe.eval(
+            RELEASE_LUA, 1, keys.stream(stream_id), status.worker_id, settings.status_ttl_s, *fields
+        )
     else:
         pipe.hset(keys.stream(stream_id), mapping=status.to_hash())
         pipe.expire(keys.stream(stream_id), settings.status_ttl_s)
-        pipe.sadd(keys.streams, stream_id)
-        pipe.expire(keys.streams, settings.status_ttl_s)
+    pipe.sadd(keys.streams, stream_id)
+    pipe.expire(keys.streams, settings.status_ttl_s)
 
 
 STREAMS_PRUNE_BATCH = 500
