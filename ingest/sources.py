@@ -272,7 +272,14 @@ def scaled_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     if width * height <= max_pixels:
         return width, height
     scale = math.sqrt(max_pixels / (width * height))
-    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+    scaled_w = max(2, int(width * scale) // 2 * 2)
+    scaled_h = max(2, int(height * scale) // 2 * 2)
+    # A very thin frame: its short side stops at 2 px, so the long side gets what is left.
+    if scaled_h == 2:
+        scaled_w = min(scaled_w, max_pixels // 2 // 2 * 2)
+    elif scaled_w == 2:
+        scaled_h = min(scaled_h, max_pixels // 2 // 2 * 2)
+    return scaled_w, scaled_h
 
 
 def _to_bgr(av_frame: Any, max_pixels: int) -> Any:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.sources import SourceOptions, VideoSource, scaled_size
 from tests.media import write_gradient_clip
@@ -35,6 +37,22 @@ def test_scaled_size_keeps_aspect_and_stays_within_max_pixels(
     assert (width, height) == expected
     assert width * height <= max_pixels
     assert width % 2 == 0 and height % 2 == 0
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    width=st.integers(1, 200_000),
+    height=st.integers(1, 200_000),
+    max_pixels=st.integers(64 * 64, 3840 * 2160 * 4),
+)
+def test_scaled_size_never_exceeds_max_pixels_even_for_thin_frames(
+    width: int, height: int, max_pixels: int
+) -> None:
+    scaled_w, scaled_h = scaled_size(width, height, max_pixels)
+    assert scaled_w * scaled_h <= max_pixels
+    assert scaled_w <= max(width, 2) and scaled_h <= max(height, 2)
+    if width * height > max_pixels:
+        assert scaled_w % 2 == 0 and scaled_h % 2 == 0 and min(scaled_w, scaled_h) >= 2
 
 
 def test_frames_above_max_pixels_are_delivered_scaled_with_aspect_kept(tmp_path: Path) -> None:
