@@ -172,6 +172,30 @@ def test_stream_whose_worker_is_gone_is_shown_owner_gone_with_its_written_state(
     assert streams["cam-over"]["state"] == "done"  # an outcome stays true without its worker
 
 
+def test_status_hashes_the_cli_cannot_parse_or_decode_are_shown_as_written(
+    publisher: EventPublisher, start_dashboard, redis_server, redis_settings: RedisSettings
+) -> None:
+    keys, client = RedisKeys(redis_settings.prefix), redis_server.client()
+    publisher.update_status(StreamStatus("cam-ok", StreamState.RUNNING, "w-gone", time.time()))
+    assert publisher.flush(5)
+    # As `facestream status`: a hash with a problem is not checked against its worker.
+    client.hset(keys.stream("cam-odd"), mapping={"state": "running", "worker_id": "w-gone",
+                                                 "fps": "fast", "updated_s": "1"})
+    client.hset(keys.stream("cam-bytes"), mapping={"state": b"running\xff", "worker_id": "w"})
+    client.hset(keys.person("cam-bytes", "", 1), mapping={"emotion": b"\xff\xfe"})
+    client.sadd(keys.streams, "cam-odd", "cam-bytes", b"cam-\xff")
+    server = start_dashboard()
+    time.sleep(0.8)  # a few polls
+    streams = json.loads(get(server, "/api/state")[2])["streams"]
+    assert streams["cam-ok"]["state"] == "owner_gone"
+    assert streams["cam-odd"]["state"] == "running" and "written_state" not in streams["cam-odd"]
+    assert streams["cam-bytes"]["state"] == "running\\xff"  # escaped, not fatal
+    publisher.update_status(StreamStatus("cam-new", StreamState.DONE, "w", time.time()))
+    assert publisher.flush(5)
+    time.sleep(0.8)
+    assert "cam-new" in json.loads(get(server, "/api/state")[2])["streams"], "still polling"
+
+
 def test_status_changes_and_people_who_left_reach_open_pages(
     publisher: EventPublisher, start_dashboard, redis_server
 ) -> None:

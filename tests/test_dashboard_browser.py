@@ -115,6 +115,7 @@ def test_page_shows_live_stream_people_events_and_state_changes(
         )
         assert "state-owner_gone" in ghost["badge"], ghost
         assert "worker gone; last written: running" in ghost["text"], ghost
+        assert "written_state=" not in ghost["text"], ghost
         browser.call("screenshot", path=str(shots / "dashboard_live.png"))
 
         # A new event shows within 2 s of reaching Redis, without a reload.

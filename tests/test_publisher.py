@@ -350,8 +350,10 @@ def test_late_released_never_overwrites_the_next_owners_status(
         # Over its own status (or none), a worker's `released` is written.
         new_owner.update_status(StreamStatus("lobby", StreamState.RELEASED, "w-b", now + 3))
         new_owner.update_status(StreamStatus("gone", StreamState.RELEASED, "w-b", now + 3))
+        redis_server.client().hset("fs-test:stream:{nobody}", mapping={"worker_id": ""})
+        new_owner.update_status(StreamStatus("nobody", StreamState.RELEASED, "w-b", now + 3))
         assert new_owner.flush(timeout_s=5)
-    for stream_id in ("lobby", "gone"):
+    for stream_id in ("lobby", "gone", "nobody"):
         written = reader.get(stream_id)
         assert written is not None and written.state is StreamState.RELEASED, stream_id
     assert redis_server.client().ttl("fs-test:stream:{lobby}") > 0

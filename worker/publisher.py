@@ -56,7 +56,7 @@ class PublisherStats:
     redis_errors: int
     buffered: int
     buffered_high_water: int
-    statuses_written: int
+    statuses_written: int  # status writes sent (a late `released` Redis declines counts too)
     statuses_pending: int
     redis_up: bool | None
     kafka: KafkaMirrorStats | None  # None when the events topic is off

@@ -103,7 +103,7 @@ RELEASE_LUA = """
 -- say), and a late `released` must not overwrite that.
 -- KEYS[1] status hash; ARGV[1] worker id, ARGV[2] TTL, ARGV[3..] field, value, ...
 local owner = redis.call('HGET', KEYS[1], 'worker_id')
-if owner and owner ~= ARGV[1] then
+if owner and owner ~= '' and owner ~= ARGV[1] then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))

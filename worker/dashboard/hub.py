@@ -46,9 +46,13 @@ from worker.dashboard.replay import READ_PAGE_EVENTS, EventsStream, replay_event
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
 from worker.status import owners_alive
+from worker.status_read import parse_status
 from worker.thumbnails import is_thumbnail
 
 log = structlog.get_logger(__name__)
+
+POLL_FAILURE_LOG_INTERVAL_S = 60.0
+"""A poll that keeps failing on data it cannot read is logged at most this often."""
 
 # An entry whose event JSON is larger than this is not sent (FaceEvents are < 2 KiB;
 # a foreign writer's giant entry must not cut off every page).
@@ -85,6 +89,8 @@ class DashboardHub:
         self._client = redis.Redis.from_url(
             redis_settings.url,
             decode_responses=True,
+            # A foreign hash or set member that is not UTF-8 is shown escaped, never fatal.
+            encoding_errors="backslashreplace",
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
         )
@@ -284,6 +290,7 @@ class DashboardHub:
 
     def _poll_loop(self) -> None:
         scanned = False
+        last_failure_log_s = -POLL_FAILURE_LOG_INTERVAL_S
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -294,6 +301,10 @@ class DashboardHub:
                 self._set_redis_up(True)
             except redis.RedisError as exc:
                 self._set_redis_up(False, exc)
+            except Exception:  # foreign data we did not foresee: the page keeps its last view
+                if time.monotonic() - last_failure_log_s >= POLL_FAILURE_LOG_INTERVAL_S:
+                    last_failure_log_s = time.monotonic()
+                    log.exception("dashboard.poll_failed")
             self._stop.wait(max(0.0, self.settings.poll_interval_s - (time.monotonic() - started)))
 
     def _scan_people(self) -> None:
@@ -327,11 +338,16 @@ class DashboardHub:
             for stream_id, fields in zip(stream_ids, results[: len(stream_ids)], strict=True)
             if fields
         }
-        alive = owners_alive(
-            self._client, self.keys, (fields.get("worker_id", "") for fields in hashes.values())
-        )
+        # As `facestream status`: only a hash that parses is checked against its worker.
+        entries = {sid: parse_status(sid, fields) for sid, fields in hashes.items()}
+        owners = {
+            stream_id: entry.status.worker_id
+            for stream_id, entry in entries.items()
+            if entry.good and entry.status is not None
+        }
+        alive = owners_alive(self._client, self.keys, owners.values())
         streams = {
-            stream_id: stream_view(fields, alive.get(fields.get("worker_id", "")))
+            stream_id: stream_view(fields, alive.get(owners.get(stream_id, "")))
             for stream_id, fields in hashes.items()
         }
         people, gone_keys = people_views(

@@ -9,7 +9,7 @@ const EMOTION_CLASSES = new Set([
 ]);
 const KNOWN_STREAM_FIELDS = new Set([
   "stream_id", "state", "worker_id", "updated_s", "url", "fps", "decode_fps",
-  "last_frame_wall_s", "error", "reason", "labels",
+  "last_frame_wall_s", "error", "reason", "labels", "written_state",
 ]);
 
 const model = {
