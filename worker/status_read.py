@@ -8,17 +8,24 @@ show `owner_gone` by the same rule.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from worker.status import (
     StatusFormatError,
     StreamState,
     StreamStatus,
+    owners_alive,
     parse_labels,
     shown_state,
     split_tasks,
 )
+
+if TYPE_CHECKING:
+    import redis
+
+    from worker.redis_keys import RedisKeys
 
 # A Unix time past this (year 5138) or before 0 is not a time a worker wrote.
 _MAX_UNIX_S = 1e11
@@ -48,7 +55,7 @@ class StatusEntry:
     def to_json(self) -> dict[str, Any]:
         """The status fields for a good entry (`state` as shown, `written_state` as the
         worker wrote it, `owner_alive`); raw fields and problems otherwise."""
-        if self.status is not None and not self.problems:
+        if self.good and self.status is not None:
             fields = asdict(self.status)
             fields["labels"] = dict(self.status.labels)
             fields["tasks"] = list(self.status.tasks)
@@ -111,3 +118,15 @@ def parse_status(stream_id: str, fields: dict[str, str]) -> StatusEntry:
         reason=fields.get("reason", ""),
     )
     return StatusEntry(stream_id, None if state is None else status, fields, tuple(problems))
+
+
+def with_owners(
+    client: redis.Redis, keys: RedisKeys, entries: Sequence[StatusEntry]
+) -> list[StatusEntry]:
+    """`entries` with `owner_alive` filled in for the good ones (one round trip); an entry
+    that did not parse is never checked against a worker."""
+    alive = owners_alive(client, keys, [e.status.worker_id for e in entries if e.good and e.status])
+    return [
+        replace(e, owner_alive=alive.get(e.status.worker_id)) if e.good and e.status else e
+        for e in entries
+    ]

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from worker.commands.connections import (
@@ -56,8 +55,7 @@ def read_statuses(
     becomes an entry with its problem."""
     import redis as redis_lib
 
-    from worker.status import owners_alive
-    from worker.status_read import StatusEntry, parse_status
+    from worker.status_read import StatusEntry, parse_status, with_owners
 
     raw_ids: list[bytes] = (
         [stream_id.encode()] if stream_id is not None else list(client.smembers(keys.streams))
@@ -81,11 +79,7 @@ def read_statuses(
                 entry.stream_id, entry.status, entry.fields, (*entry.problems, "id is not UTF-8")
             )
         entries.append(entry)
-    alive = owners_alive(client, keys, [e.status.worker_id for e in entries if e.good])
-    return [
-        replace(e, owner_alive=alive.get(e.status.worker_id)) if e.good and e.status else e
-        for e in entries
-    ]
+    return with_owners(client, keys, entries)
 
 
 def run(args: argparse.Namespace) -> int:

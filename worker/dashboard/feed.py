@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.facellava.tasks import Task
-from worker.status import StreamState, shown_state
+from worker.status_read import StatusEntry
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # a track id as the worker writes it
 
@@ -108,21 +108,16 @@ class Subscriber:
         self._cond.notify_all()
 
 
-def stream_view(fields: dict[str, str], owner_alive: bool | None = None) -> dict[str, str]:
+def stream_view(entry: StatusEntry) -> dict[str, str]:
     """A status hash as the page gets it: every field, as strings (newer fields included).
 
-    As `facestream status` shows it: a state that needs its worker (`running`, ...) is
-    shown `owner_gone` when that worker's liveness key is gone (`owner_alive` False); the
+    As `facestream status` shows it (`StatusEntry.state`): a state that needs its worker
+    (`running`, ...) is shown `owner_gone` when that worker's liveness key is gone; the
     state as written is then kept in `written_state`."""
-    view = dict(sorted(fields.items()))
-    try:
-        state = StreamState(fields.get("state", ""))
-    except ValueError:
-        return view  # a foreign state: shown as written
-    shown = shown_state(state, owner_alive)
-    if shown is not state:
+    view = dict(sorted(entry.fields.items()))
+    if entry.status is not None and entry.state is not entry.status.state:
         view["written_state"] = view["state"]
-        view["state"] = shown.value
+        view["state"] = str(entry.state)
     return view
 
 

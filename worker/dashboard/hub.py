@@ -45,8 +45,7 @@ from worker.dashboard.feed import (
 from worker.dashboard.replay import READ_PAGE_EVENTS, EventsStream, replay_events
 from worker.redis_keys import RedisKeys
 from worker.settings import DashboardSettings, RedisSettings
-from worker.status import owners_alive
-from worker.status_read import parse_status
+from worker.status_read import parse_status, with_owners
 from worker.thumbnails import is_thumbnail
 
 log = structlog.get_logger(__name__)
@@ -333,23 +332,16 @@ class DashboardHub:
             pipe.exists(self.keys.thumbnail_of_person(key))
         results = pipe.execute()
         now_s = time.time()
-        hashes = {
-            stream_id: fields
-            for stream_id, fields in zip(stream_ids, results[: len(stream_ids)], strict=True)
-            if fields
-        }
-        # As `facestream status`: only a hash that parses is checked against its worker.
-        entries = {sid: parse_status(sid, fields) for sid, fields in hashes.items()}
-        owners = {
-            stream_id: entry.status.worker_id
-            for stream_id, entry in entries.items()
-            if entry.good and entry.status is not None
-        }
-        alive = owners_alive(self._client, self.keys, owners.values())
-        streams = {
-            stream_id: stream_view(fields, alive.get(owners.get(stream_id, "")))
-            for stream_id, fields in hashes.items()
-        }
+        entries = with_owners(  # as `facestream status` reads them
+            self._client,
+            self.keys,
+            [
+                parse_status(stream_id, fields)
+                for stream_id, fields in zip(stream_ids, results[: len(stream_ids)], strict=True)
+                if fields
+            ],
+        )
+        streams = {entry.stream_id: stream_view(entry) for entry in entries}
         people, gone_keys = people_views(
             person_keys, results[len(stream_ids) :], self._known_people, now_s
         )
