@@ -232,3 +232,10 @@ def test_a_window_the_engine_refuses_is_dropped_once_and_the_others_are_answered
     assert not queue.has_stream("cam")
     stage.stop()
     stage.join(10)
+
+
+def test_stopped_streams_leave_nothing_behind_when_static_tasks_are_off() -> None:
+    stage = ModelStage(None, WindowQueue(4, 30.0), Sink(), Metrics(), batch_wait_s=0.0)  # type: ignore[arg-type]
+    for n in range(1000):
+        stage.forget_stream(f"cam-{n}")
+    assert stage._forgotten.empty(), "no policy: nothing to forget, nothing kept"

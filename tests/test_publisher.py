@@ -465,11 +465,12 @@ def test_streams_whose_status_expired_leave_the_streams_set(redis_server: RedisS
     settings = settings_for(redis_server.url)
     keys = RedisKeys(settings.prefix)
     client = redis_server.client()
-    client.sadd(keys.streams, "gone-1", "gone:2", "alive")
+    client.sadd(keys.streams, "gone-1", "gone:2", "alive", b"gone-\xff")  # a foreign, non-UTF-8 id
     with EventPublisher(settings) as publisher:
         publisher.update_status(StreamStatus("alive", StreamState.RUNNING, "w", time.time()))
         assert publisher.flush(5)
         deadline = time.monotonic() + 5
         while client.scard(keys.streams) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+        publisher.raise_if_died()  # the writer survived the foreign id
     assert client.smembers(keys.streams) == {"alive"}

@@ -211,7 +211,8 @@ class ModelStage(StageThread):
     def forget_stream(self, stream_id: str) -> None:
         """A stream stopped (any thread): its people's static answers are forgotten, so a
         restarted stream's track 1 (another person) is asked in full."""
-        self._forgotten.put(stream_id)
+        if self._static is not None:  # nothing is remembered without the policy
+            self._forgotten.put(stream_id)
 
     def run(self) -> None:
         """Step until stopped and drained."""

@@ -149,9 +149,8 @@ def prune_streams_set(client: redis.Redis, keys: RedisKeys, cursor: int) -> int:
     if not members:
         return int(cursor)
     pipe = client.pipeline(transaction=False)
-    for member in members:
-        text = member.decode("utf-8", "surrogateescape") if isinstance(member, bytes) else member
-        pipe.exists(keys.stream(text))
+    for member in members:  # bytes from the binary client: a foreign id may not be UTF-8
+        pipe.exists(keys.stream_raw(member) if isinstance(member, bytes) else keys.stream(member))
     gone = [member for member, exists in zip(members, pipe.execute(), strict=True) if not exists]
     if gone:
         client.srem(keys.streams, *gone)
