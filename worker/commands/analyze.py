@@ -194,19 +194,13 @@ def analyze(
         print(f"facestream analyze: {exc}", file=sys.stderr)
         return 1
 
-    from models.retinaface import RetinaFaceDetector
     from models.weights import WeightsError
     from worker.annotate import AnnotationError, OverviewWriter, save_window
+    from worker.detection import load_detector
 
     share_cpu_with_decoder(settings, source.is_live)
     try:
-        from ingest.authors_boxes import with_crop_boxes
-
-        detector = with_crop_boxes(
-            RetinaFaceDetector.from_options(settings.detector),
-            settings.windows.crop_mode,
-            settings.detector.device,
-        )
+        detector = load_detector(settings)
     except WeightsError as exc:
         source.close()
         print(f"facestream analyze: {exc}", file=sys.stderr)

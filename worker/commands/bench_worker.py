@@ -161,7 +161,6 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
     from models.facellava.batch_limits import resolve_batch_clips
     from models.facellava.engine import GenerationEngine
     from models.facellava.prompts import PromptTokenizer
-    from models.retinaface import RetinaFaceDetector
     from worker.answering import FaceAnswerer
     from worker.commands.bench_shapes import fixture_checkpoint, random_model, shape_config
     from worker.commands.facellava_common import (
@@ -170,6 +169,7 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
         resolve_device,
         resolve_dtype,
     )
+    from worker.detection import load_detector
     from worker.settings import Settings
 
     options = model_options(args)
@@ -212,7 +212,7 @@ def _build(args: argparse.Namespace) -> tuple[Settings, FaceAnswerer, object, st
         source={**base.source.model_dump(), "realtime": True, "allow_file": True},
         detector={**base.detector.model_dump(), "weights": weights, "device": device},
     )
-    detector = RetinaFaceDetector.from_options(settings.detector)
+    detector = load_detector(settings)  # the worker's own: RetinaFace + its crop regions
     return settings, answerer, detector, described
 
 

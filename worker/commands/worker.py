@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
     from models.devices import DeviceUnavailableError
     from models.facellava.checkpoint import CheckpointError, check_model_source
-    from models.retinaface import DetectorCheckpointError, RetinaFaceDetector
+    from models.retinaface import DetectorCheckpointError
     from models.weights import WeightsError
+    from worker.detection import load_detector
     from worker.logs import configure_logging
     from worker.settings import Settings
 
@@ -42,13 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_SETUP
 
     try:
-        from ingest.authors_boxes import with_crop_boxes
-
-        detector = with_crop_boxes(
-            RetinaFaceDetector.from_options(settings.detector),
-            settings.windows.crop_mode,
-            settings.detector.device,
-        )
+        detector = load_detector(settings)
     except (WeightsError, DetectorCheckpointError, DeviceUnavailableError) as exc:
         log.error("cannot start: detector weights", error=" ".join(str(exc).split()))
         return EXIT_SETUP
