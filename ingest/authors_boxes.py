@@ -17,22 +17,13 @@ import numpy as np
 
 from ingest.crop_geometry import CropMode
 from ingest.pipeline import FaceDetector
+from ingest.tracking import box_iou
 from models.blazeface import BlazeFaceDetector, BlazeFaces
 from models.detections import Detections
 
 MATCH_MIN_BOX_IOU = 0.3
 """A BlazeFace box and a RetinaFace box overlapping at least this much are the same face."""
 _INNER_KEYPOINTS = slice(0, 3)  # BlazeFace's two eyes and nose tip
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes."""
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def match_blazeface(faces: Detections, blaze: BlazeFaces) -> np.ndarray:
@@ -46,7 +37,7 @@ def match_blazeface(faces: Detections, blaze: BlazeFaces) -> np.ndarray:
     out = np.full((len(faces), 4), np.nan, np.float32)
     if not len(faces) or not len(blaze):
         return out
-    ious = _iou_matrix(faces.xyxy.astype(np.float64), blaze.xyxy.astype(np.float64))
+    ious = box_iou(faces.xyxy.astype(np.float64), blaze.xyxy.astype(np.float64))
     used_ours: set[int] = set()
     used_theirs: set[int] = set()
     rows, cols = np.nonzero(ious >= MATCH_MIN_BOX_IOU)
@@ -87,10 +78,18 @@ class BlazeFaceCropDetector:
     def detect(self, images_bgr: list[np.ndarray]) -> list[Detections]:
         """Both detectors on the same batch; see the module doc."""
         faces = self.detector.detect(images_bgr)
-        blaze = self.blazeface.detect(images_bgr, bgr=True)
+        # BlazeFace only on the frames with a face to pair (most frames of an empty scene).
+        with_faces = [i for i, ours in enumerate(faces) if len(ours)]
+        blaze = (
+            self.blazeface.detect([images_bgr[i] for i in with_faces], bgr=True)
+            if with_faces
+            else []
+        )
+        crop_boxes = [np.full((0, 4), np.nan, np.float32) for _ in faces]  # no face: no row
+        for i, theirs in zip(with_faces, blaze, strict=True):
+            crop_boxes[i] = match_blazeface(faces[i], theirs)
         return [
-            replace(ours, crop_boxes=match_blazeface(ours, theirs))
-            for ours, theirs in zip(faces, blaze, strict=True)
+            replace(ours, crop_boxes=boxes) for ours, boxes in zip(faces, crop_boxes, strict=True)
         ]
 
 

@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 
-from ingest.authors_boxes import with_crop_boxes
+from ingest.authors_boxes import MATCH_MIN_BOX_IOU, with_crop_boxes
 from ingest.crop_geometry import (
     BLAZEFACE_CENTRE_DY,
     BLAZEFACE_SIDE_SCALE,
@@ -41,8 +41,6 @@ CLIPS = (
     "facellava_facial_expr_example_1",
     "facellava_facial_expr_example_2",
 )
-MATCH_MIN_BOX_IOU = 0.3
-"""A face of theirs and one of ours are the same face when their boxes overlap this much."""
 
 
 @dataclass(frozen=True)

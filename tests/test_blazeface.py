@@ -164,3 +164,37 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
     return w * h / union if union > 0 else 0.0
+
+
+def test_crop_detector_runs_blazeface_only_on_frames_with_a_face() -> None:
+    from ingest.authors_boxes import BlazeFaceCropDetector
+
+    face = Detections(
+        np.array([[10, 10, 50, 60]], np.float32),
+        np.array([0.9], np.float32),
+        np.zeros((1, 5, 2), np.float32),
+    )
+    none = Detections(
+        np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+    )
+    frames = [np.full((80, 80, 3), n, np.uint8) for n in range(3)]
+
+    class Ours:
+        def detect(self, images):
+            return [face if image[0, 0, 0] == 1 else none for image in images]
+
+    class Theirs:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def detect(self, images, bgr):
+            self.seen += [int(image[0, 0, 0]) for image in images]
+            box = np.array([[12, 8, 52, 58]], np.float32)
+            return [BlazeFaces(box, np.array([0.8], np.float32), np.zeros((1, 6, 2), np.float32))]
+
+    theirs = Theirs()
+    result = BlazeFaceCropDetector(Ours(), theirs).detect(frames)  # type: ignore[arg-type]
+    assert theirs.seen == [1]  # frames 0 and 2 have no face to pair
+    assert [r.crop_boxes.shape for r in result] == [(0, 4), (1, 4), (0, 4)]
+    assert result[1].crop_boxes[0].tolist() == [12, 8, 52, 58]
+    assert BlazeFaceCropDetector(Ours(), theirs).detect([frames[0]])[0].crop_boxes.shape == (0, 4)
