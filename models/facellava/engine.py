@@ -44,6 +44,7 @@ from models.facellava.kv_slots import (
     PoolShape,
     SlotBudget,
     SlotPool,
+    attention_head_dim,
     bucket_for,
     bucket_sizes,
     free_device_bytes,
@@ -255,8 +256,7 @@ class GenerationEngine:
         self.max_visuals = max_visuals
         self.max_pending = 4 * max_visuals if max_pending is None else max_pending
         config = model.language_model.config
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        head_dim = attention_head_dim(config)
         self.pools = {
             m: SlotPool(
                 PoolShape(max_visuals, shape.lanes, shape.prefix_tokens, shape.lane_tokens),
@@ -335,8 +335,7 @@ class GenerationEngine:
         self, shapes: Mapping[Modality, PoolShape], kv_dtype: torch.dtype, fraction: float
     ) -> SlotBudget:
         config = self.model.language_model.config
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        head_dim = attention_head_dim(config)
         element = torch.empty((), dtype=kv_dtype).element_size()
         per_token = kv_bytes_per_token(
             config.num_hidden_layers, config.num_key_value_heads, head_dim, element
@@ -476,6 +475,8 @@ class GenerationEngine:
         """Pending requests into free slots: one tower batch and prefix prefill per modality."""
         for modality in MODALITY_ORDER:
             queue = self._pending[modality]
+            if not queue:
+                continue  # most steps: nothing waits, so the slots are not scanned
             free = [s for s, visual in enumerate(self._slots[modality]) if visual is None]
             count = min(len(free), len(queue), self.max_batch_clips)
             if count == 0:

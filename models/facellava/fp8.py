@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
+from models.facellava.kv_slots import FP8_KV_DTYPE, FP8_MAX  # FP8_KV_DTYPE re-exported
+
+FP8_DTYPE = FP8_KV_DTYPE  # one FP8 format for weights and KV: e4m3, ±448
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-from models.facellava.kv_slots import FP8_KV_DTYPE  # noqa: E402  (re-exported)
 
 __all__ = [
     "FP8_KV_DTYPE",

@@ -33,12 +33,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 FP8_KV_DTYPE = torch.float8_e4m3fn
 """Storage dtype of an FP8 KV cache (values stored unscaled, clamped to its ±448 range)."""
-FP8_MAX = 448.0
+FP8_MAX = float(torch.finfo(FP8_KV_DTYPE).max)  # 448
+
+
+def attention_head_dim(config: Any) -> int:
+    """Per-head width of a Llama-style language model config (`head_dim`, else hidden ÷ heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 @dataclass(frozen=True)

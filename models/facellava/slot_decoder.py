@@ -32,7 +32,12 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from models.facellava.kv_slots import SlotPool, bucket_for, lane_length_buckets
+from models.facellava.kv_slots import (
+    SlotPool,
+    attention_head_dim,
+    bucket_for,
+    lane_length_buckets,
+)
 from models.facellava.prompts import Modality
 
 MODALITY_ORDER: tuple[Modality, ...] = ("video", "image")
@@ -111,7 +116,7 @@ class SlotDecoder:
         self.body = language_model.model
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.head_dim = attention_head_dim(config)
         self.scaling = self.head_dim**-0.5
         self.device = self.body.embed_tokens.weight.device
         self.dtype = self.body.embed_tokens.weight.dtype
