@@ -224,11 +224,6 @@ class StreamTable:
         """Whether `record` is still the stream's active record (call holding `lock`)."""
         return self._records.get(record.stream_id) is record and record.active
 
-    def all(self) -> list[StreamRecord]:
-        """Every record, running or retired."""
-        with self.lock:
-            return list(self._records.values())
-
     def active(self) -> list[StreamRecord]:
         """The records whose frames are being read and detected."""
         with self.lock:

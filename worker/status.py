@@ -212,10 +212,6 @@ class StreamStatusReader:
                 statuses.append(StreamStatus.from_hash(stream_id, fields))
         return statuses
 
-    def owner_alive(self, status: StreamStatus) -> bool | None:
-        """Whether the worker that wrote `status` is alive (None when it names none)."""
-        return owners_alive(self._client, self._keys, [status.worker_id]).get(status.worker_id)
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

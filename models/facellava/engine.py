@@ -173,7 +173,6 @@ class RequestHandle:
         self.request = request
         self.suffix_ids = suffix_ids
         self.answers: list[Answer | None] = [None] * len(request.questions)
-        self.submitted_s = 0.0
 
     @property
     def done(self) -> bool:
